@@ -1,0 +1,1 @@
+"""anomaly-diff: multi-class unsupervised anomaly detection with diffusion models."""

@@ -1,0 +1,44 @@
+"""The fields every batch of every datamodule carries, and what models return for them.
+
+Both methods (DeCo-Diff, DRDC) and the shared evaluation callback read these names, so a
+new dataset format or a new model only has to honour this contract.
+"""
+
+from typing import TypedDict
+
+from torch import Tensor
+
+
+class Batch(TypedDict):
+    """One collated batch of samples.
+
+    Attributes:
+        image: ``(B, 3, H, W)`` float32 RGB in ``[0, 1]``; each model normalises it itself.
+        mask: ``(B, H, W)`` float32 ground truth in ``{0, 1}``; all zero for normal images.
+        label: ``(B,)`` int64, ``1`` for an anomalous image, ``0`` for a normal one.
+        category: the category name of each sample.
+        class_index: ``(B,)`` int64 index of the category in the sorted category list.
+        path: the image file of each sample.
+        index: ``(B,)`` int64 position of the sample in its split; unique per split, so metrics
+            can drop the duplicates a distributed sampler pads with.
+    """
+
+    image: Tensor
+    mask: Tensor
+    label: Tensor
+    category: list[str]
+    class_index: Tensor
+    path: list[str]
+    index: Tensor
+
+
+class Prediction(TypedDict, total=False):
+    """What ``validation_step``/``test_step``/``predict_step`` of every model return.
+
+    Attributes:
+        anomaly_map: ``(B, H, W)`` float32, same ``H, W`` as ``Batch.image``; higher is more anomalous.
+        pred_score: ``(B,)`` float32 image-level anomaly score.
+    """
+
+    anomaly_map: Tensor
+    pred_score: Tensor

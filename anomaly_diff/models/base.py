@@ -1,0 +1,119 @@
+"""The LightningModule every anomaly model derives from: one train/val/test/predict path for all methods."""
+
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from anomaly_diff.data.batch import Batch, Prediction
+
+
+def _default_optimizer(params):
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+
+
+class AnomalyModule(LightningModule):
+    """Base class of the anomaly models.
+
+    A subclass writes two methods: ``compute_losses`` (training objective on a batch of normal
+    images) and ``predict_anomaly`` (maps and scores). Metrics are never computed here: the
+    shared :class:`~anomaly_diff.callbacks.Evaluator` reads what ``test_step`` returns.
+
+    Args:
+        categories: The category names the model is conditioned on. Their order defines the class
+            index the model uses; batches are mapped onto it by name, so a test set holding a subset of
+            the training categories is scored correctly.
+        optimizer: A callable that builds the optimiser from the parameters (LightningCLI fills it
+            from ``--model.optimizer``). Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
+        scheduler: An optional callable that builds a learning-rate scheduler from the optimiser.
+    """
+
+    def __init__(
+        self,
+        categories: Sequence[str],
+        optimizer: OptimizerCallable = _default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if not categories:
+            raise ValueError("`categories` is empty: give the category names the model is trained on")
+        if len(set(categories)) != len(categories):
+            raise ValueError(f"`categories` has duplicate names: {list(categories)}")
+        self.categories = list(categories)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+
+    @property
+    def num_classes(self) -> int:
+        """The number of categories the model is conditioned on."""
+        return len(self.categories)
+
+    def class_indices(self, categories: Sequence[str]) -> Tensor:
+        """Map category names onto the model's class indices.
+
+        Args:
+            categories: One category name per sample.
+
+        Returns:
+            ``(B,)`` int64 class indices on the module's device.
+
+        Raises:
+            KeyError: A name is not one the model was trained on.
+        """
+        lookup = {name: index for index, name in enumerate(self.categories)}
+        unknown = sorted(set(categories) - lookup.keys())
+        if unknown:
+            raise KeyError(f"unknown categories {unknown}: this model knows {self.categories}")
+        return torch.tensor([lookup[name] for name in categories], dtype=torch.long, device=self.device)
+
+    @abstractmethod
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Return the scalar loss terms of a batch; the key ``"loss"`` is the one optimised."""
+
+    @abstractmethod
+    def predict_anomaly(self, batch: Batch) -> Prediction:
+        """Return the anomaly map ``(B, H, W)`` and image score ``(B,)`` of a batch."""
+
+    def _losses_checked(self, batch: Batch, stage: str) -> dict[str, Tensor]:
+        losses = self.compute_losses(batch)
+        for name, value in losses.items():
+            if not torch.isfinite(value).all():
+                raise FloatingPointError(
+                    f"non-finite {stage} loss term {name!r} = {value.item()} at global step {self.global_step} "
+                    f"(epoch {self.current_epoch}); lower the learning rate, check the input data, "
+                    "or train with --trainer.precision=32-true"
+                )
+        return losses
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Optimise ``compute_losses(batch)["loss"]`` and log every term as ``train/<name>``."""
+        losses = self._losses_checked(batch, "training")
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["label"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Log the loss terms on held-out normal images as ``val/<name>``."""
+        losses = self._losses_checked(batch, "validation")
+        self.log_dict(
+            {f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True, batch_size=len(batch["label"])
+        )
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Prediction:
+        """Return maps and scores for the evaluation callback."""
+        return self.predict_anomaly(batch)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Prediction:
+        """Return maps and scores with the sample's path and category."""
+        prediction = self.predict_anomaly(batch)
+        return {**prediction, "path": batch["path"], "category": batch["category"]}
+
+    def configure_optimizers(self):
+        """Build the optimiser (and scheduler, if one is configured) from the constructor's callables."""
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
+
