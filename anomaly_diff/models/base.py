@@ -11,7 +11,8 @@ from torch import Tensor
 from anomaly_diff.data.batch import Batch, Prediction
 
 
-def _default_optimizer(params):
+def default_optimizer(params) -> torch.optim.Optimizer:
+    """AdamW(lr=1e-4, weight_decay=1e-4), the optimiser of DeCo-Diff and the default of every model."""
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
 
 
@@ -33,13 +34,16 @@ class AnomalyModule(LightningModule):
 
     def __init__(
         self,
-        categories: Sequence[str],
-        optimizer: OptimizerCallable = _default_optimizer,
+        categories: Sequence[str] | None,
+        optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
         if not categories:
-            raise ValueError("`categories` is empty: give the category names the model is trained on")
+            raise ValueError(
+                f"model categories are {categories!r}: give `model.init_args.categories` (the category names the "
+                "model is trained on), or run through the anomaly-diff CLI, which fills them from the data"
+            )
         if len(set(categories)) != len(categories):
             raise ValueError(f"`categories` has duplicate names: {list(categories)}")
         self.categories = list(categories)
