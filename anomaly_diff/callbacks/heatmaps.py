@@ -1,0 +1,93 @@
+"""Heatmap overlay pictures of test images, written into the run directory."""
+
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from anomaly_diff.data.batch import Batch, Prediction
+
+
+def overlay_panel(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Compose ``[image | heatmap over image | ground-truth outline]`` as one RGB picture.
+
+    Args:
+        image: ``(H, W, 3)`` float RGB in ``[0, 1]``.
+        anomaly_map: ``(H, W)`` float anomaly map.
+        mask: ``(H, W)`` ground truth in ``{0, 1}``.
+        vmin: Map value shown as the coldest colour.
+        vmax: Map value shown as the hottest colour.
+
+    Returns:
+        ``(H, 3 W, 3)`` uint8 RGB.
+    """
+    rgb = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    scaled = np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    blended = cv2.addWeighted(rgb, 0.5, np.ascontiguousarray(heat), 0.5, 0)
+    outlined = rgb.copy()
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(outlined, contours, -1, (255, 0, 0), 1)
+    return np.concatenate([rgb, blended, outlined], axis=1)
+
+
+class HeatmapWriter(Callback):
+    """Write overlay PNGs of the first test images of each category to ``<run dir>/heatmaps/<category>/``.
+
+    All pictures of a run share one colour scale (the minimum and the 99.9th percentile of the collected
+    maps), so a hot colour means the same score in every picture.
+
+    Args:
+        per_category: How many normal and how many anomalous images to draw per category. Defaults to 3.
+    """
+
+    def __init__(self, per_category: int = 3) -> None:
+        if per_category < 0:
+            raise ValueError(f"heatmaps.per_category must be >= 0, got {per_category}")
+        self.per_category = per_category
+        self._samples: dict[tuple[str, int], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Forget the samples of an earlier test run."""
+        self._samples.clear()
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Prediction,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the first ``per_category`` normal and anomalous samples of each category."""
+        for i, (category, label) in enumerate(zip(batch["category"], batch["label"].tolist(), strict=True)):
+            kept = self._samples[(category, label)]
+            if len(kept) < self.per_category:
+                kept.append(
+                    (
+                        batch["path"][i],
+                        batch["image"][i].permute(1, 2, 0).float().cpu().numpy(),
+                        outputs["anomaly_map"][i].float().cpu().numpy(),
+                        batch["mask"][i].cpu().numpy(),
+                    )
+                )
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the collected overlays on global rank zero."""
+        if not trainer.is_global_zero or not self._samples:
+            return
+        maps = torch.from_numpy(np.stack([m for kept in self._samples.values() for _, _, m, _ in kept]))
+        vmin = maps.min().item()
+        vmax = torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999).item()
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "heatmaps"
+        for (category, _), kept in self._samples.items():
+            for path, image, anomaly_map, mask in kept:
+                name = f"{Path(path).parent.name}_{Path(path).stem}.png"
+                target = out_dir / category / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                panel = overlay_panel(image, anomaly_map, mask, vmin, vmax)
+                cv2.imwrite(str(target), np.ascontiguousarray(panel[..., ::-1]))

@@ -1,0 +1,91 @@
+"""The ``anomaly-diff`` command line (also installed as ``lightning``): LightningCLI with this project's wiring.
+
+Usage::
+
+    anomaly-diff fit --config configs/deco_diff/embedded.yaml        # trains, then tests the best checkpoint
+    anomaly-diff test --config configs/deco_diff/mvtec.yaml --ckpt_path runs/.../last.ckpt
+    anomaly-diff fit --config configs/deco_diff/mvtec.yaml --model.init_args.lr=3e-4 --trainer.max_epochs=2
+
+What it adds to a plain LightningCLI:
+
+- ``model.init_args.categories`` is filled from the datamodule's categories when the config leaves it out
+  (from the checkpoint's hyper-parameters when ``--ckpt_path`` is given, so a test on a subset of the
+  training categories keeps the model's own class indices).
+- ``fit`` tests the best checkpoint afterwards in the same run directory (``--test_after_fit=false`` turns it off).
+- The evaluation callback, the heatmap writer and the checkpointing are always attached and configured from the
+  top-level config keys ``evaluator``, ``heatmaps`` and ``checkpoint``.
+- The run directory is printed at the end.
+"""
+
+import importlib
+import sys
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from anomaly_diff.callbacks import Evaluator, HeatmapWriter
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class AnomalyCLI(LightningCLI):
+    """LightningCLI that links the data's categories to the model and tests after fitting."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the always-on callbacks as config groups and the ``test_after_fit`` switch."""
+        parser.add_lightning_class_args(Evaluator, "evaluator")
+        parser.add_lightning_class_args(HeatmapWriter, "heatmaps")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:04d}-step{step}"})
+        parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="After `fit`, test the best checkpoint in the same run."
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Fill ``model.init_args.categories`` from the datamodule when the config does not give it."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model = config.get("model")
+        if not isinstance(model, Namespace) or "init_args" not in model:
+            return
+        if model.init_args.get("categories") is None and config.get("data") is not None:
+            data = config.data
+            datamodule = _import(data.class_path)(**vars(data.get("init_args", Namespace())))
+            model.init_args.categories = list(datamodule.categories)
+
+    def after_fit(self) -> None:
+        """Test the best (or last) checkpoint after training unless ``--test_after_fit=false``."""
+        if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:
+            checkpoint = self.trainer.checkpoint_callback
+            ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        self._print_run_directory()
+
+    def after_test(self) -> None:
+        """Print where the results were written."""
+        self._print_run_directory()
+
+    def after_predict(self) -> None:
+        """Print where the results were written."""
+        self._print_run_directory()
+
+    def _print_run_directory(self) -> None:
+        if self.trainer.is_global_zero:
+            run_dir = self.trainer.log_dir or self.trainer.default_root_dir
+            print(f"Run directory: {run_dir}", file=sys.stderr if self.trainer.logger is None else sys.stdout)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``anomaly-diff`` and ``lightning`` console scripts."""
+    AnomalyCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"},
+        args=args,
+        auto_configure_optimizers=False,
+    )

@@ -1,0 +1,3 @@
+from anomaly_diff.models.autoencoder.lightning_model import Autoencoder
+
+__all__ = ["Autoencoder"]

@@ -1,0 +1,128 @@
+"""Stage 1 of latent diffusion trained here: a small KL autoencoder, which is also a reconstruction baseline."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchvision.transforms.functional import gaussian_blur
+
+from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.models.base import AnomalyModule, default_optimizer
+
+
+class Autoencoder(AnomalyModule):
+    """A diffusers ``AutoencoderKL`` trained on the normal training images (reconstruction + KL).
+
+    Latent diffusion needs a frozen autoencoder. Stable Diffusion's is the reference choice, but where no
+    hub is reachable this module trains one on the data set itself, then exports it with
+    ``save_pretrained`` (and a fitted ``scaling_factor``: 1 / std of the training latents, the convention of
+    latent diffusion) so that :class:`~anomaly_diff.models.components.autoencoder.LatentCodec` loads it like
+    the pretrained one.
+
+    It is also an anomaly model on its own (the classic reconstruction baseline): the anomaly map is the
+    blurred maximum over RGB of ``|x - reconstruction|``, the image score its maximum.
+
+    Args:
+        categories: Category names (filled from the data by the CLI); the autoencoder itself is class-agnostic.
+        block_out_channels: Channels per resolution; ``len - 1`` halvings (4 entries: 8x smaller latents).
+        latent_channels: Channels of the latent. Defaults to 4 (as Stable Diffusion's).
+        layers_per_block: ResNet blocks per resolution.
+        norm_num_groups: Groups of the group norms; must divide every entry of ``block_out_channels``.
+        kl_weight: Weight of the KL term. Defaults to 1e-6 (latent-diffusion autoencoders use a tiny one).
+        export_dir: Where ``save_pretrained`` writes the trained autoencoder at the end of ``fit``;
+            ``None`` writes ``<run dir>/autoencoder``.
+        blur_sigma: Gaussian blur of the baseline anomaly map, in pixels.
+        optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
+        scheduler: Optional learning-rate scheduler factory.
+    """
+
+    def __init__(
+        self,
+        categories: Sequence[str] | None = None,
+        block_out_channels: Sequence[int] = (32, 64, 64, 64),
+        latent_channels: int = 4,
+        layers_per_block: int = 1,
+        norm_num_groups: int = 16,
+        kl_weight: float = 1e-6,
+        export_dir: str | None = None,
+        blur_sigma: float = 3.0,
+        optimizer: OptimizerCallable = default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(categories, optimizer, scheduler)
+        if kl_weight < 0:
+            raise ValueError(f"model.kl_weight must be >= 0, got {kl_weight}")
+        if blur_sigma < 0:
+            raise ValueError(f"model.blur_sigma must be >= 0, got {blur_sigma}")
+        bad = [c for c in block_out_channels if c % norm_num_groups]
+        if bad:
+            raise ValueError(f"model.norm_num_groups={norm_num_groups} must divide every block_out_channels, not {bad}")
+        self.save_hyperparameters()
+        depth = len(block_out_channels)
+        self.vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * depth,
+            up_block_types=("UpDecoderBlock2D",) * depth,
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            latent_channels=latent_channels,
+            norm_num_groups=norm_num_groups,
+        )
+        self.kl_weight = kl_weight
+        self.export_dir = export_dir
+        self.blur_sigma = blur_sigma
+
+    def reconstruct(self, image: Tensor, sample: bool = False) -> tuple[Tensor, Tensor]:
+        """Return the reconstruction in ``[-1, 1]`` of ``(B, 3, H, W)`` images in ``[0, 1]``, and the KL per sample."""
+        posterior = self.vae.encode(image * 2 - 1).latent_dist
+        latents = posterior.sample() if sample else posterior.mode()
+        return self.vae.decode(latents).sample, posterior.kl()
+
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """L1 reconstruction in ``[-1, 1]`` units plus ``kl_weight`` times the KL divergence."""
+        target = batch["image"] * 2 - 1
+        reconstruction, kl = self.reconstruct(batch["image"], sample=self.training)
+        l1 = F.l1_loss(reconstruction, target)
+        # diffusers' kl() sums over the latent elements; normalise per input pixel so kl_weight is size-independent.
+        kl = kl.mean() / target[0].numel()
+        return {"loss": l1 + self.kl_weight * kl, "l1": l1, "kl": kl}
+
+    def predict_anomaly(self, batch: Batch) -> Prediction:
+        """Reconstruction-error map and its maximum as image score."""
+        reconstruction, _ = self.reconstruct(batch["image"])
+        error = (reconstruction - (batch["image"] * 2 - 1)).abs().amax(dim=1, keepdim=True)
+        if self.blur_sigma > 0:
+            kernel = 2 * round(3 * self.blur_sigma) + 1
+            error = gaussian_blur(error, [kernel, kernel], [self.blur_sigma, self.blur_sigma])
+        anomaly_map = error[:, 0]
+        return {"anomaly_map": anomaly_map, "pred_score": anomaly_map.flatten(1).amax(dim=1)}
+
+    @torch.no_grad()
+    def fit_scaling_factor(self, dataloader) -> float:
+        """Set ``vae.config.scaling_factor`` to 1 / std of the posterior means over ``dataloader``."""
+        total, total_sq, count = 0.0, 0.0, 0
+        for batch in dataloader:
+            latents = self.vae.encode(batch["image"].to(self.device) * 2 - 1).latent_dist.mean.double()
+            total += latents.sum().item()
+            total_sq += latents.square().sum().item()
+            count += latents.numel()
+        std = max((total_sq / count - (total / count) ** 2) ** 0.5, 1e-8)
+        self.vae.register_to_config(scaling_factor=1.0 / std)
+        return 1.0 / std
+
+    def on_train_end(self) -> None:
+        """Fit the latent scaling factor on the training images and export the autoencoder (rank zero)."""
+        if not self.trainer.is_global_zero:
+            return
+        was_training = self.training
+        self.eval()
+        self.fit_scaling_factor(self.trainer.datamodule.train_dataloader())
+        self.train(was_training)
+        target = Path(self.export_dir) if self.export_dir else Path(self.trainer.log_dir or ".") / "autoencoder"
+        self.vae.save_pretrained(target)
+        print(f"Autoencoder exported to {target} (scaling_factor={self.vae.config.scaling_factor:.5f})")

@@ -1,0 +1,94 @@
+"""The latent autoencoder of latent-diffusion models: loading it (hub id or local folder) and using it frozen."""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor, nn
+
+_OFFLINE_HELP = (
+    "To work offline, either copy a pretrained autoencoder to a local folder (on a machine with internet: "
+    "`AutoencoderKL.from_pretrained('stabilityai/sd-vae-ft-ema').save_pretrained('FOLDER')`) and pass that folder, "
+    "or train this project's own: `anomaly-diff fit --config configs/autoencoder/<dataset>.yaml`, which writes one."
+)
+
+
+def load_autoencoder(source: str | Path) -> AutoencoderKL:
+    """Load a diffusers ``AutoencoderKL`` from a local ``save_pretrained`` folder or a Hugging Face hub id.
+
+    Args:
+        source: A folder holding ``config.json`` and the weights, or a hub id such as ``"stabilityai/sd-vae-ft-ema"``.
+            Anything that starts with ``/``, ``.`` or ``~`` is taken as a local path.
+
+    Returns:
+        The autoencoder, in eval mode.
+
+    Raises:
+        FileNotFoundError: The folder does not exist or holds no autoencoder, or the hub cannot be reached;
+            the message says how to provide the weights offline.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith(("/", ".", "~")):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no autoencoder at {path}: expected a save_pretrained folder with config.json. "
+                                    + _OFFLINE_HELP)
+        return AutoencoderKL.from_pretrained(path).eval()
+    try:
+        return AutoencoderKL.from_pretrained(text).eval()
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"could not load the autoencoder {text!r} from the Hugging Face hub ({error}). "
+                                + _OFFLINE_HELP) from error
+
+
+class LatentCodec(nn.Module):
+    """A frozen ``AutoencoderKL`` that maps images in ``[0, 1]`` to scaled latents and back.
+
+    The encoder's posterior mean is used (no sampling), scaled by ``vae.config.scaling_factor`` as in latent
+    diffusion (0.18215 for Stable Diffusion's VAE). The autoencoder always runs in float32, also under
+    mixed precision: its decoder overflows in float16.
+
+    Args:
+        source: A hub id or local folder (see :func:`load_autoencoder`), or an ``AutoencoderKL`` instance.
+
+    Example:
+        >>> codec = LatentCodec(AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8))
+        >>> codec.encode(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 4, 16, 16])
+    """
+
+    def __init__(self, source: str | Path | AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = source if isinstance(source, AutoencoderKL) else load_autoencoder(source)
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+
+    @property
+    def scaling_factor(self) -> float:
+        """The factor latents are multiplied by after encoding."""
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def downsampling(self) -> int:
+        """How many pixels one latent cell spans along each side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def train(self, mode: bool = True) -> "LatentCodec":
+        """Keep the frozen autoencoder in eval mode whatever the parent module does."""
+        super().train(mode)
+        self.vae.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, image: Tensor) -> Tensor:
+        """Encode ``(B, 3, H, W)`` images in ``[0, 1]`` to ``(B, C, H/f, W/f)`` scaled latents."""
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            posterior = self.vae.encode(image.float() * 2 - 1).latent_dist
+            return posterior.mean * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Decode scaled latents to ``(B, 3, H, W)`` images in ``[0, 1]``."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            image = self.vae.decode(latents.float() / self.scaling_factor).sample
+            return ((image + 1) / 2).clamp(0, 1)

@@ -1,0 +1,54 @@
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from anomaly_diff.callbacks.heatmaps import HeatmapWriter, overlay_panel
+
+
+def test_panel_shows_image_heat_and_mask_outline():
+    image = np.full((8, 8, 3), 0.5)
+    anomaly_map = np.zeros((8, 8))
+    anomaly_map[2:4, 2:4] = 1.0
+    mask = np.zeros((8, 8))
+    mask[4:7, 4:7] = 1
+    panel = overlay_panel(image, anomaly_map, mask, vmin=0.0, vmax=1.0)
+    assert panel.shape == (8, 24, 3) and panel.dtype == np.uint8
+    np.testing.assert_array_equal(panel[:, :8], 127)
+    hot, cold = panel[3, 8 + 3], panel[0, 8]
+    assert hot[0] > hot[2] and cold[2] > cold[0]  # jet: red where the map is high, blue where low
+    outline = panel[:, 16:]
+    assert tuple(outline[4, 4]) == (255, 0, 0) and tuple(outline[5, 5]) == (127, 127, 127)
+
+
+def fake_batch(categories, labels, size=8):
+    n = len(categories)
+    return {
+        "image": torch.rand(n, 3, size, size),
+        "mask": torch.zeros(n, size, size),
+        "label": torch.tensor(labels),
+        "category": categories,
+        "path": [f"/data/{c}/test/{'crack' if y else 'good'}/{i:03d}.png" for i, (c, y) in
+                 enumerate(zip(categories, labels, strict=True))],
+    }
+
+
+def test_writer_keeps_per_category_and_label_and_writes_pngs(tmp_path):
+    writer = HeatmapWriter(per_category=1)
+    trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    writer.on_test_epoch_start(trainer, None)
+    batch = fake_batch(["a", "a", "a", "b"], [0, 1, 1, 0])
+    outputs = {"anomaly_map": torch.rand(4, 8, 8), "pred_score": torch.rand(4)}
+    writer.on_test_batch_end(trainer, None, outputs, batch, 0)
+    writer.on_test_epoch_end(trainer, None)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert written == ["heatmaps/a/crack_001.png", "heatmaps/a/good_000.png", "heatmaps/b/good_003.png"]
+    picture = cv2.imread(str(tmp_path / "heatmaps/a/good_000.png"))
+    assert picture.shape == (8, 24, 3)
+
+
+def test_negative_count_is_rejected():
+    with pytest.raises(ValueError, match="per_category"):
+        HeatmapWriter(per_category=-1)

@@ -1,0 +1,61 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from anomaly_diff.models.autoencoder import Autoencoder
+from anomaly_diff.models.components.autoencoder import LatentCodec
+
+
+def tiny(**kwargs) -> Autoencoder:
+    torch.manual_seed(0)
+    return Autoencoder(["a", "b"], **{"block_out_channels": (8, 16), "norm_num_groups": 8, **kwargs})
+
+
+def batch(n=2, size=16):
+    torch.manual_seed(1)
+    return {"image": torch.rand(n, 3, size, size), "label": torch.zeros(n, dtype=torch.long)}
+
+
+def test_loss_is_l1_plus_weighted_kl_per_pixel():
+    model = tiny(kl_weight=0.5).eval()
+    b = batch()
+    losses = model.compute_losses(b)
+    posterior = model.vae.encode(b["image"] * 2 - 1).latent_dist
+    recon = model.vae.decode(posterior.mode()).sample
+    l1 = F.l1_loss(recon, b["image"] * 2 - 1)
+    kl = posterior.kl().mean() / (3 * 16 * 16)
+    torch.testing.assert_close(losses["l1"], l1)
+    torch.testing.assert_close(losses["kl"], kl)
+    torch.testing.assert_close(losses["loss"], l1 + 0.5 * kl)
+
+
+def test_anomaly_map_is_blurred_max_rgb_error():
+    model = tiny(blur_sigma=1.0).eval()
+    b = batch()
+    out = model.predict_anomaly(b)
+    recon = model.vae.decode(model.vae.encode(b["image"] * 2 - 1).latent_dist.mode()).sample
+    error = (recon - (b["image"] * 2 - 1)).abs().amax(1, keepdim=True)
+    expected = gaussian_blur(error, [7, 7], [1.0, 1.0])[:, 0]
+    torch.testing.assert_close(out["anomaly_map"], expected)
+    torch.testing.assert_close(out["pred_score"], expected.flatten(1).amax(1))
+
+
+def test_scaling_factor_is_inverse_latent_std_and_survives_export(tmp_path):
+    model = tiny().eval()
+    loader = [batch(3), batch(2)]
+    factor = model.fit_scaling_factor(loader)
+    with torch.no_grad():
+        means = torch.cat([model.vae.encode(b["image"] * 2 - 1).latent_dist.mean for b in loader]).double()
+    assert factor == pytest.approx(1 / means.std(unbiased=False).item(), rel=1e-6)
+    model.vae.save_pretrained(tmp_path)
+    assert LatentCodec(str(tmp_path)).scaling_factor == pytest.approx(factor)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"kl_weight": -1}, "kl_weight"), ({"blur_sigma": -1}, "blur_sigma"), ({"norm_num_groups": 3}, "norm_num_groups")],
+)
+def test_invalid_hyper_parameters_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)
