@@ -24,7 +24,8 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from anomaly_diff.callbacks import Evaluator, HeatmapWriter
+from anomaly_diff.callbacks.evaluation import Evaluator
+from anomaly_diff.callbacks.heatmaps import HeatmapWriter
 
 
 def _import(class_path: str):
