@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.models.components.lr_schedulers import WarmupCosineLR
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -115,9 +116,16 @@ class AnomalyModule(LightningModule):
         return {**prediction, "path": batch["path"], "category": batch["category"]}
 
     def configure_optimizers(self):
-        """Build the optimiser (and scheduler, if one is configured) from the constructor's callables."""
+        """Build the optimiser (and scheduler, if one is configured) from the constructor's callables.
+
+        A :class:`~anomaly_diff.models.components.lr_schedulers.WarmupCosineLR` without ``total_steps`` gets the
+        run's number of optimiser steps (``trainer.estimated_stepping_batches``).
+        """
         optimizer = self.optimizer(self.parameters())
         if self.scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
+        scheduler = self.scheduler(optimizer)
+        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
+            scheduler.set_total_steps(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
