@@ -1,0 +1,104 @@
+"""The torch ``Dataset`` shared by every format: a sample table in, the fields of a ``Batch`` out."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import Dataset
+
+from anomaly_diff.data.errors import DatasetError
+from anomaly_diff.data.image_io import load_mask, load_rgb
+from anomaly_diff.data.samples import Sample
+
+
+def build_transform(image_size: int = 288, crop_size: int = 256) -> A.Compose:
+    """Resize to a square and center-crop image and mask together, as DeCo-Diff does (288 → 256).
+
+    The image is resized bilinearly when enlarged and with area averaging when shrunk (anti-aliased,
+    like torchvision's PIL resize the reference code uses); the mask with pixel-centre nearest neighbour
+    (``INTER_NEAREST_EXACT``, the same sampling grid as the image's resize, where OpenCV's plain
+    ``INTER_NEAREST`` is shifted by up to half a pixel), so it stays binary and aligned with the image.
+    The image comes out as float32 in ``[0, 1]``.
+
+    Args:
+        image_size: Side of the square the image is resized to. Defaults to 288.
+        crop_size: Side of the central crop, at most ``image_size``. Defaults to 256.
+
+    Returns:
+        A transform called as ``transform(image=(H, W, 3) uint8, mask=(H, W) uint8)`` that returns
+        ``image`` ``(3, crop_size, crop_size)`` float32 and ``mask`` ``(crop_size, crop_size)`` uint8 tensors.
+    """
+    return A.Compose(
+        [
+            A.Resize(
+                image_size,
+                image_size,
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST_EXACT,
+                area_for_downscale="image",
+            ),
+            A.CenterCrop(crop_size, crop_size),
+            A.ToFloat(max_value=255),
+            ToTensorV2(),
+        ]
+    )
+
+
+class AnomalyDataset(Dataset):
+    """Reads the samples of one split (train, val or test) of a multi-class data set.
+
+    Args:
+        samples: The sample table of the split; a sample's position is its ``index``.
+        class_indices: Category name → class index (the position in the sorted category list).
+        transform: Applied to image and mask together, e.g. :func:`build_transform`.
+    """
+
+    def __init__(self, samples: Sequence[Sample], class_indices: Mapping[str, int], transform: A.Compose) -> None:
+        unknown = sorted({sample.category for sample in samples} - class_indices.keys())
+        if unknown:
+            raise DatasetError(f"samples of categories {unknown} have no class index; known: {sorted(class_indices)}")
+        self.samples = list(samples)
+        self.class_indices = dict(class_indices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        """The number of samples."""
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Load, convert and transform one sample.
+
+        Returns:
+            The :class:`~anomaly_diff.data.batch.Batch` fields of one sample: ``image`` ``(3, H, W)``
+            float32 in ``[0, 1]``, ``mask`` ``(H, W)`` float32 in ``{0, 1}`` (all zero for a normal image),
+            ``label``, ``class_index`` and ``index`` int64 scalars, ``category`` and ``path`` strings.
+
+        Raises:
+            DatasetError: The image or mask cannot be read, or the mask's size differs from the image's.
+        """
+        sample = self.samples[index]
+        image = load_rgb(sample.image_path)
+        if sample.mask_path is None:
+            mask = np.zeros(image.shape[:2], dtype=np.uint8)
+        else:
+            mask = load_mask(sample.mask_path)
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(
+                    f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image "
+                    f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}; a mask must have its image's size"
+                )
+        transformed = self.transform(image=image, mask=mask)
+        return {
+            "image": transformed["image"],
+            # The nearest-neighbour resize keeps the mask binary; ``> 0`` guarantees the {0, 1} contract.
+            "mask": (transformed["mask"] > 0).float(),
+            "label": torch.tensor(sample.label, dtype=torch.long),
+            "category": sample.category,
+            "class_index": torch.tensor(self.class_indices[sample.category], dtype=torch.long),
+            "path": str(sample.image_path),
+            "index": torch.tensor(index, dtype=torch.long),
+        }

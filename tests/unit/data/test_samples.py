@@ -1,0 +1,99 @@
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly_diff.data.errors import DatasetError
+from anomaly_diff.data.samples import MaskIndex, Sample, list_images, list_subdirectories, seeded_subset
+from tests.helpers.data import write_image
+
+PIXELS = np.zeros((4, 4, 3), dtype=np.uint8)
+
+
+def test_list_images_sorts_matches_extensions_case_insensitively_and_logs_the_rest(tmp_path, caplog):
+    for name in ("b.JPG", "a.png", "c.bmp"):
+        write_image(tmp_path / name, PIXELS)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".DS_Store").write_text("x")
+    (tmp_path / "sub").mkdir()
+    with caplog.at_level(logging.WARNING, logger="anomaly_diff.data.samples"):
+        images = list_images(tmp_path, "test images")
+    assert [path.name for path in images] == ["a.png", "b.JPG", "c.bmp"]
+    assert "ignored 2 entries" in caplog.text and "notes.txt" in caplog.text and "sub" in caplog.text
+    assert ".DS_Store" not in caplog.text
+
+
+def test_list_images_names_the_directory_when_missing_or_empty(tmp_path):
+    with pytest.raises(DatasetError, match=rf"directory {tmp_path / 'nope'} does not exist; expected the things"):
+        list_images(tmp_path / "nope", "the things")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=rf"no images found in {tmp_path / 'empty'}; expected the things"):
+        list_images(tmp_path / "empty", "the things")
+
+
+def test_list_subdirectories_skips_hidden_ones(tmp_path):
+    for name in ("b", "a", ".hidden"):
+        (tmp_path / name).mkdir()
+    assert [path.name for path in list_subdirectories(tmp_path, "x")] == ["a", "b"]
+
+
+def test_mask_index_matches_by_stem_plus_suffix_with_any_extension(tmp_path):
+    write_image(tmp_path / "000_mask.png", PIXELS[..., 0])
+    write_image(tmp_path / "001_mask.bmp", PIXELS[..., 0])
+    masks = MaskIndex(tmp_path, "_mask")
+    assert masks.mask_for(Path("/x/000.png")) == tmp_path / "000_mask.png"
+    assert masks.mask_for(Path("/x/001.JPG")) == tmp_path / "001_mask.bmp"
+
+
+def test_mask_index_names_image_and_expected_mask_when_missing(tmp_path):
+    masks = MaskIndex(tmp_path / "ground_truth" / "crack", "_mask")
+    expected = tmp_path / "ground_truth" / "crack" / "007_mask.png"
+    with pytest.raises(DatasetError, match=rf"mask missing for defective image /d/007.png: expected {expected}"):
+        masks.mask_for(Path("/d/007.png"))
+
+
+def test_mask_index_refuses_two_masks_for_one_image(tmp_path):
+    write_image(tmp_path / "000.png", PIXELS[..., 0])
+    write_image(tmp_path / "000.bmp", PIXELS[..., 0])
+    with pytest.raises(DatasetError, match="several masks match image"):
+        MaskIndex(tmp_path).mask_for(Path("000.jpg"))
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "held"), [(10, 0.1, 1), (10, 0.35, 4), (60, 0.1, 6), (3, 0.01, 1), (5, 0, 0)]
+)
+def test_seeded_subset_sizes_disjointness_order_and_determinism(n, fraction, held):
+    items = list(range(n))
+    kept, held_out = seeded_subset(items, fraction, seed=3, key="val/a", what="x")
+    assert len(held_out) == held
+    assert sorted(kept + held_out) == items and not set(kept) & set(held_out)
+    assert kept == sorted(kept) and held_out == sorted(held_out)
+    assert (kept, held_out) == seeded_subset(items, fraction, seed=3, key="val/a", what="x")
+
+
+def test_seeded_subset_depends_on_seed_and_key():
+    items = list(range(100))
+    base = seeded_subset(items, 0.2, seed=0, key="val/a", what="x")[1]
+    assert seeded_subset(items, 0.2, seed=1, key="val/a", what="x")[1] != base
+    assert seeded_subset(items, 0.2, seed=0, key="val/b", what="x")[1] != base
+
+
+def test_seeded_subset_refuses_to_leave_nothing():
+    with pytest.raises(DatasetError, match="training normals of 'a': 1 image"):
+        seeded_subset([0], 0.1, seed=0, key="k", what="training normals of 'a'")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"label": 1, "mask_path": None, "split": "test"}, "anomalous image .* has no mask"),
+        ({"label": 0, "mask_path": Path("m.png"), "split": "test"}, "normal image .* has a mask"),
+        ({"label": 1, "mask_path": Path("m.png"), "split": "train"}, "is in the train split"),
+        ({"label": 2, "mask_path": None, "split": "test"}, "label must be 0"),
+        ({"label": 0, "mask_path": None, "split": "val"}, "split must be 'train' or 'test'"),
+    ],
+)
+def test_sample_invariants(kwargs, message):
+    with pytest.raises(DatasetError, match=message):
+        Sample(image_path=Path("i.png"), category="a", defect_type="x", **kwargs)
