@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from torchvision.transforms.functional import gaussian_blur
 
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
+from anomaly_diff.models.components.anomaly_map import gaussian_blur, image_score
 
 
 class Autoencoder(AnomalyModule):
@@ -95,12 +95,9 @@ class Autoencoder(AnomalyModule):
     def predict_anomaly(self, batch: Batch) -> Prediction:
         """Reconstruction-error map and its maximum as image score."""
         reconstruction, _ = self.reconstruct(batch["image"])
-        error = (reconstruction - (batch["image"] * 2 - 1)).abs().amax(dim=1, keepdim=True)
-        if self.blur_sigma > 0:
-            kernel = 2 * round(3 * self.blur_sigma) + 1
-            error = gaussian_blur(error, [kernel, kernel], [self.blur_sigma, self.blur_sigma])
-        anomaly_map = error[:, 0]
-        return {"anomaly_map": anomaly_map, "pred_score": anomaly_map.flatten(1).amax(dim=1)}
+        error = (reconstruction - (batch["image"] * 2 - 1)).abs().amax(dim=1)
+        anomaly_map = gaussian_blur(error, self.blur_sigma)
+        return {"anomaly_map": anomaly_map, "pred_score": image_score(anomaly_map)}
 
     @torch.no_grad()
     def fit_scaling_factor(self, dataloader) -> float:
