@@ -1,0 +1,110 @@
+"""The command line end to end: fit + test on a tiny MVTec AD layout, configs, overrides and errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from anomaly_diff.cli import main
+from anomaly_diff.data import MVTecAD
+from anomaly_diff.models.autoencoder import Autoencoder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_dir(tmp_path: Path) -> Path:
+    (version,) = (tmp_path / "runs" / "tiny").iterdir()
+    return version
+
+
+def test_fit_then_test_writes_checkpoints_metrics_and_heatmaps(tmp_path, tiny_config, mvtec_root):
+    main(["fit", "--config", str(tiny_config)])
+    out = run_dir(tmp_path)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "config.yaml").is_file()
+    results = json.loads((out / "metrics.json").read_text())
+    assert sorted(results["per_category"]) == ["a", "b"]
+    assert {p.parent.name for p in (out / "heatmaps").rglob("*.png")} == {"a", "b"}
+
+    # The reported image AUROC of each category equals sklearn's on the checkpoint's own predictions.
+    model = Autoencoder.load_from_checkpoint(next((out / "checkpoints").glob("epoch*.ckpt"))).eval()
+    data = MVTecAD(str(mvtec_root), image_size=36, crop_size=32, batch_size=4)
+    data.setup("test")
+    scores, labels, categories = [], [], []
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            scores += model.predict_anomaly(batch)["pred_score"].tolist()
+            labels += batch["label"].tolist()
+            categories += batch["category"]
+    for category in ("a", "b"):
+        pick = np.array(categories) == category
+        expected = roc_auc_score(np.array(labels)[pick], np.array(scores)[pick])
+        assert results["per_category"][category]["image_AUROC"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_test_on_a_subset_keeps_the_checkpoint_categories(tmp_path, tiny_config):
+    main(["fit", "--config", str(tiny_config), "--test_after_fit=false"])
+    ckpt = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    main(["test", "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--data.init_args.categories=[b]"])
+    newest = max((tmp_path / "runs" / "tiny").iterdir(), key=lambda p: p.stat().st_mtime)
+    results = json.loads((newest / "metrics.json").read_text())
+    assert list(results["per_category"]) == ["b"]
+    saved = yaml.safe_load((newest / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["categories"] == ["a", "b"]
+
+
+def test_dotted_overrides_and_print_config(tiny_config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(tiny_config), "--trainer.max_epochs=3", "--model.init_args.kl_weight=0.5",
+              "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_epochs"] == 3
+    assert printed["model"]["init_args"]["kl_weight"] == 0.5
+
+
+def test_later_config_files_win(tmp_path, tiny_config, capsys):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("trainer:\n  max_epochs: 7\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(tiny_config), "--config", str(overlay), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_epochs"] == 7
+    assert printed["trainer"]["accelerator"] == "cpu"
+
+
+def test_unknown_config_key_is_named(tmp_path, tiny_config, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_config.read_text().replace("max_epochs: 1", "max_epoch: 1"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(bad)])
+    assert exit_info.value.code != 0
+    assert "max_epoch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["lightning", "fit", "--help"], ["anomaly-diff", "test", "--help"]])
+def test_console_scripts_are_installed(command):
+    script = Path(sys.executable).parent / command[0]
+    result = subprocess.run([str(script), *command[1:]], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "--ckpt_path" in result.stdout
+
+
+def test_shipped_config_prints_resolved(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs/autoencoder/embedded.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["class_path"] == "anomaly_diff.data.Embedded"
+    assert printed["model"]["class_path"] == "anomaly_diff.models.autoencoder.Autoencoder"
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "anomaly_diff", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "fit" in result.stdout and "predict" in result.stdout
