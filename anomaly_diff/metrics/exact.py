@@ -19,6 +19,7 @@ from anomaly_diff.metrics.curve import ThresholdCounts
 _LOW_BITS = 12  # key bits below the coarse histogram; one coarse bin holds 2**12 distinct float32 values
 _COARSE_OFFSET = 1 << (31 - _LOW_BITS)  # shifts the signed coarse index (key >> 12) to 0 .. 2**20 - 1
 _NUM_COARSE = 1 << (32 - _LOW_BITS)
+_MIN_SLICE = 1 << 20  # scores scanned at once when selecting a chunk (8 MB of temporaries), at least chunk_size
 
 
 def ordered_keys(scores: Tensor) -> Tensor:
@@ -56,13 +57,14 @@ def exact_threshold_counts(
     if keys.numel() <= chunk_size:
         yield _sorted_counts(keys, codes, overlap_weights)
         return
-    for low, high, oversized in _plan_chunks(keys, chunk_size):
+    scan = max(chunk_size, _MIN_SLICE)
+    for low, high, oversized in _plan_chunks(keys, scan, chunk_size):
         if oversized:
-            yield _single_bin_counts(keys, codes, overlap_weights, low, chunk_size)
+            yield _single_bin_counts(keys, codes, overlap_weights, low, scan)
         else:
             selected = [
                 (k[inside], c[inside])
-                for k, c in zip(keys.split(chunk_size), codes.split(chunk_size), strict=True)
+                for k, c in zip(keys.split(scan), codes.split(scan), strict=True)
                 for inside in [(k >= low) & (k <= high)]
             ]
             yield _sorted_counts(
@@ -70,14 +72,14 @@ def exact_threshold_counts(
             )
 
 
-def _plan_chunks(keys: Tensor, chunk_size: int) -> Iterator[tuple[int, int, bool]]:
+def _plan_chunks(keys: Tensor, scan: int, chunk_size: int) -> Iterator[tuple[int, int, bool]]:
     """Split the key range into chunks of at most ``chunk_size`` keys, highest first.
 
     Yields:
         ``(low_key, high_key, oversized)``; ``oversized`` marks a single coarse bin holding more keys than that.
     """
     histogram = torch.zeros(_NUM_COARSE, dtype=torch.int64, device=keys.device)
-    for part in keys.split(chunk_size):
+    for part in keys.split(scan):
         histogram += torch.bincount((part >> _LOW_BITS).long() + _COARSE_OFFSET, minlength=_NUM_COARSE)
     bins = histogram.nonzero().squeeze(1).flip(0)
     ends = histogram[bins].cumsum(0)
@@ -101,14 +103,14 @@ def _sorted_counts(keys: Tensor, codes: Tensor, overlap_weights: Tensor | None) 
 
 
 def _single_bin_counts(
-    keys: Tensor, codes: Tensor, overlap_weights: Tensor | None, low: int, chunk_size: int
+    keys: Tensor, codes: Tensor, overlap_weights: Tensor | None, low: int, scan: int
 ) -> ThresholdCounts:
     """Count one coarse bin (at most 4096 distinct keys) by key offset, streaming over the scores."""
     width = 1 << _LOW_BITS
     positives = torch.zeros(width, dtype=torch.int64, device=keys.device)
     negatives = torch.zeros_like(positives)
     overlaps = None if overlap_weights is None else torch.zeros(width, dtype=torch.float64, device=keys.device)
-    for k, c in zip(keys.split(chunk_size), codes.split(chunk_size), strict=True):
+    for k, c in zip(keys.split(scan), codes.split(scan), strict=True):
         inside = (k >= low) & (k <= low + width - 1)
         part_positives, part_negatives, part_overlaps = _group_sums(
             (k[inside] - low).long(), c[inside], overlap_weights, width
