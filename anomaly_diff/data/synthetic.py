@@ -4,8 +4,9 @@ Every category starts from one image that scikit-image ships inside its wheel (n
 ``brick``, ``grass`` and ``gravel`` (tinted, since they are grayscale) and crops of two photographs, the CC0 espresso
 cup of ``coffee`` and one coin of ``coins`` (no known copyright restrictions, Brooklyn Museum). Normal images are
 jittered crops of that image: random crops and flips for textures, small shifts and scale changes of one fixed
-region for objects, plus slight brightness and contrast changes for both. Defective test images are normal images
-with one synthetic defect from :data:`DEFECT_TYPES`, each with its exact pixel mask (see :func:`apply_defect`).
+region for objects, plus slight brightness, contrast and colour-cast changes for both. Defective test images are
+normal images with one synthetic defect from :data:`DEFECT_TYPES`, each with its exact pixel mask (see
+:func:`apply_defect`).
 
 Everything is drawn from ``numpy.random.default_rng([seed, crc32(category), split, index])``, so the same
 parameters give byte-identical PNG files, and a category's images do not depend on which other categories are
@@ -34,7 +35,7 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ EMBEDDED_CATEGORIES: tuple[str, ...] = tuple(sorted(_SOURCES))
 """The default categories, sorted (so a category's class index is its position here)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source_image(category: str) -> np.ndarray:
     """Load a category's source image as RGB.
 
@@ -340,7 +341,8 @@ def _defect_counts(num_test_defective: int) -> dict[str, int]:
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    # zlib level 1 instead of PIL's default 6: the default set takes 6 s instead of 11 s here, 45 MB instead of 44.
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
 def _write_category(directory: Path, category: str, params: dict) -> dict[str, int]:
@@ -398,7 +400,9 @@ def _read_manifest(root: Path) -> dict | None:
 
 
 def _matches(manifest: dict | None, params: dict) -> bool:
-    return manifest is not None and manifest.get("version") == GENERATOR_VERSION and manifest.get("parameters") == params
+    """Whether ``manifest`` describes the set that ``params`` and this generator version would write."""
+    return (manifest is not None and manifest.get("version") == GENERATOR_VERSION
+            and manifest.get("parameters") == params)
 
 
 def _publish(staging: Path, root: Path, params: dict) -> None:

@@ -1,0 +1,177 @@
+"""What trivial colour statistics score on the embedded data set, so the set is known not to be saturated.
+
+Two baselines, both fitted per category on the training normals only:
+
+- ``colour_gaussian``: one Gaussian over the RGB colours of all training pixels; a pixel's score is its Mahalanobis
+  distance to it.
+- ``position_gaussian``: an independent Gaussian per pixel position and channel; a pixel's score is the root of the
+  summed squared z-scores of its three channels (it knows where an object's parts should be).
+
+The anomaly map is the score blurred by a Gaussian (sigma 4 px, as anomaly maps usually are); the image score is
+the map's maximum. Metrics per category over its test split: image AUROC, pixel AUROC and pixel AUPRC (average
+precision) from scikit-learn, and the image AUROC of normal-vs-each-defect-type. The data set is generated fresh
+(into a temporary directory) so its generation time is measured too.
+
+    python experiments/embedded_baseline.py [--seed 0] [--image-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from anomaly_diff.data.synthetic import DEFECT_TYPES, generate_embedded_dataset
+from anomaly_diff.utils.io import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BLUR_SIGMA = 4.0
+
+
+def load_images(folder: Path) -> np.ndarray:
+    """All PNGs of a folder, sorted, as ``(N, H, W, 3)`` float64 in ``[0, 1]``."""
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) / 255.0
+                     for p in sorted(folder.glob("*.png"))])
+
+
+def load_test(category_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Test images ``(N, H, W, 3)``, masks ``(N, H, W)`` bool, labels ``(N,)`` and each image's folder name."""
+    images, masks, labels, kinds = [], [], [], []
+    for folder in sorted((category_dir / "test").iterdir()):
+        batch = load_images(folder)
+        images.append(batch)
+        kinds += [folder.name] * len(batch)
+        if folder.name == "good":
+            masks.append(np.zeros(batch.shape[:3], dtype=bool))
+            labels.append(np.zeros(len(batch), dtype=int))
+        else:
+            mask_dir = category_dir / "ground_truth" / folder.name
+            masks.append(np.stack([np.asarray(Image.open(p)) > 127 for p in sorted(mask_dir.glob("*_mask.png"))]))
+            labels.append(np.ones(len(batch), dtype=int))
+    return np.concatenate(images), np.concatenate(masks), np.concatenate(labels), kinds
+
+
+def colour_gaussian(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each test pixel's colour to the Gaussian of all training colours, ``(N, H, W)``."""
+    pixels = train.reshape(-1, 3)
+    mean = pixels.mean(0)
+    precision = np.linalg.inv(np.cov(pixels, rowvar=False) + 1e-6 * np.eye(3))
+    centred = test - mean
+    return np.sqrt(np.einsum("nhwc,cd,nhwd->nhw", centred, precision, centred))
+
+
+def position_gaussian(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Root of the summed squared per-position, per-channel z-scores of each test pixel, ``(N, H, W)``."""
+    z = (test - train.mean(0)) / (train.std(0) + 1e-3)
+    return np.sqrt((z**2).sum(-1))
+
+
+BASELINES = {"colour_gaussian": colour_gaussian, "position_gaussian": position_gaussian}
+
+
+def evaluate(scores: np.ndarray, masks: np.ndarray, labels: np.ndarray, kinds: list[str]) -> dict[str, float]:
+    """Blur the per-pixel scores into anomaly maps and score them against the ground truth."""
+    maps = np.stack([ndimage.gaussian_filter(s, BLUR_SIGMA) for s in scores])
+    image_scores = maps.reshape(len(maps), -1).max(1)
+    result = {
+        "image_AUROC": roc_auc_score(labels, image_scores),
+        "pixel_AUROC": roc_auc_score(masks.ravel(), maps.ravel()),
+        "pixel_AUPRC": average_precision_score(masks.ravel(), maps.ravel()),
+    }
+    kinds = np.asarray(kinds)
+    for defect in DEFECT_TYPES:
+        subset = (kinds == "good") | (kinds == defect)
+        if (kinds == defect).any():
+            result[f"image_AUROC/{defect}"] = roc_auc_score(labels[subset], image_scores[subset])
+    return {key: float(value) for key, value in result.items()}
+
+
+def contact_sheet(root: Path, categories: list[str], thumb: int = 128, goods: int = 2) -> Image.Image:
+    """One row per category: ``goods`` normal test images, then one image per defect type with its mask outlined."""
+    rows = []
+    for category in categories:
+        tiles = [Image.open(root / category / "test" / "good" / f"{i:03d}.png") for i in range(goods)]
+        tiles = [np.asarray(tile.resize((thumb, thumb), Image.Resampling.LANCZOS)) for tile in tiles]
+        for defect in DEFECT_TYPES:
+            image = Image.open(root / category / "test" / defect / "000.png").resize((thumb, thumb),
+                                                                                    Image.Resampling.LANCZOS)
+            mask = Image.open(root / category / "ground_truth" / defect / "000_mask.png").resize(
+                (thumb, thumb), Image.Resampling.NEAREST)
+            image = np.asarray(image).copy()
+            image[find_boundaries(np.asarray(mask) > 127, mode="outer")] = (255, 0, 0)
+            tiles.append(image)
+        rows.append(np.concatenate(tiles, axis=1))
+    return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Trivial baselines on the embedded data set",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}  ",
+        f"Data: {json.dumps(report['data_parameters'])}  ",
+        f"Generation time of the data set: {report['generation_seconds']:.1f} s",
+        "",
+        "Anomaly map: per-pixel score blurred with a Gaussian (sigma 4 px); image score: the map's maximum. "
+        "`colour_gaussian`: Mahalanobis distance to one RGB Gaussian of all training pixels; `position_gaussian`: "
+        "per-position, per-channel z-scores. The last columns are the image AUROC of normal vs one defect type.",
+    ]
+    for name, result in report["baselines"].items():
+        keys = ["image_AUROC", "pixel_AUROC", "pixel_AUPRC"] + [f"image_AUROC/{d}" for d in DEFECT_TYPES]
+        lines += ["", f"## {name}", "", "| category | " + " | ".join(keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
+        for category, metrics in {**result["per_category"], "**mean**": result["mean"]}.items():
+            lines.append(f"| {category} | " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        root = generate_embedded_dataset(Path(tmp) / "embedded", seed=args.seed, image_size=args.image_size)
+        generation_seconds = time.perf_counter() - start
+        manifest = json.loads((root / "manifest.json").read_text())
+        categories = manifest["parameters"]["categories"]
+        baselines = {name: {"per_category": {}} for name in BASELINES}
+        for category in categories:
+            train = load_images(root / category / "train" / "good")
+            test, masks, labels, kinds = load_test(root / category)
+            for name, baseline in BASELINES.items():
+                baselines[name]["per_category"][category] = evaluate(baseline(train, test), masks, labels, kinds)
+        for result in baselines.values():
+            keys = next(iter(result["per_category"].values())).keys()
+            result["mean"] = {k: float(np.mean([m[k] for m in result["per_category"].values()])) for k in keys}
+        RESULTS.mkdir(exist_ok=True)
+        contact_sheet(root, categories).save(RESULTS / "embedded_examples.png", optimize=True)
+    report = {
+        "command": shlex.join(["python", os.path.relpath(__file__), *sys.argv[1:]]),
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores",
+        "data_parameters": manifest["parameters"],
+        "generator_version": manifest["version"],
+        "generation_seconds": generation_seconds,
+        "baselines": baselines,
+    }
+    atomic_write_text(RESULTS / "embedded_baseline.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(RESULTS / "embedded_baseline.md", markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
