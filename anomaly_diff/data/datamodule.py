@@ -5,6 +5,7 @@ and ``_make_samples`` (the sample table of one category). Everything else is sha
 selection and class indices, the seeded validation split, the transform, and the data loaders.
 """
 
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -62,7 +63,11 @@ class AnomalyDataModule(LightningDataModule, ABC):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Record the concrete class's own arguments (checkpoints, loggers); a base argument a subclass fixes
+        # itself (Folder has one category) is left out, so the record can rebuild the subclass.
+        own = inspect.signature(type(self).__init__).parameters
+        fixed = [name for name in inspect.signature(AnomalyDataModule.__init__).parameters if name not in own]
+        self.save_hyperparameters(ignore=fixed)
         _check_int("image_size", image_size, minimum=1)
         _check_int("crop_size", crop_size, minimum=1)
         if crop_size > image_size:

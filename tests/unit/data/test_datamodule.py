@@ -216,6 +216,13 @@ def test_setup_logs_the_split_sizes(root, caplog):
     assert "3 categories, 27 train / 3 val / 18 test images (12 anomalous)" in caplog.text
 
 
-def test_hyperparameters_are_recorded(root):
+def test_hyperparameters_are_recorded_and_rebuild_the_datamodule(root):
     datamodule = _datamodule(root, seed=5)
     assert datamodule.hparams["root"] == str(root) and datamodule.hparams["seed"] == 5
+    assert MVTecAD(**datamodule.hparams).hparams == datamodule.hparams
+
+
+def test_root_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetError, match=rf"{tmp_path / 'file.txt'} is not a directory; expected the data set root"):
+        MVTecAD(str(tmp_path / "file.txt"))

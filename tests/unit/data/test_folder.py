@@ -54,6 +54,13 @@ def test_without_abnormal_images_everything_trains_and_test_is_refused(tmp_path)
         datamodule.setup("test")
 
 
+def test_hyperparameters_rebuild_the_folder_datamodule(tmp_path):
+    root = write_folder(tmp_path)
+    datamodule = _folder(root, abnormal_dir="abnormal", mask_dir="masks", category="widget")
+    assert "categories" not in datamodule.hparams
+    assert Folder(**datamodule.hparams).hparams == datamodule.hparams
+
+
 def test_abnormal_dir_without_mask_dir_is_refused(tmp_path):
     root = write_folder(tmp_path)
     with pytest.raises(DatasetError, match="abnormal_dir='abnormal' is given without mask_dir"):
