@@ -226,3 +226,26 @@ def test_reset_forgets_earlier_samples():
     run(metric, *first)
     metric.reset()
     assert run(metric, *second) == run(AnomalyMetrics(), *second)
+
+
+@pytest.mark.slow  # about 10 s: two spawned processes import torch
+def test_two_process_ddp_gives_the_single_process_result(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from ddp_worker import worker
+
+    maps, masks, scores, labels, names = random_case(seed=29, per_category=7)  # 14 samples: rank 1 repeats sample 0
+    maps, masks, scores, labels = maps[:-1], masks[:-1], scores[:-1], labels[:-1]  # 13: padding needed
+    names = names[:-1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(worker, args=(2, port, (maps, masks, scores, labels, names), str(tmp_path)), nprocs=2)
+    ids = np.arange(len(labels))
+    single = {
+        "exact": run(AnomalyMetrics(chunk_size=300), maps, masks, scores, labels, names, ids=ids),
+        "binned": run(AnomalyMetrics(num_bins=64, score_range=(0.0, 1.7)), maps, masks, scores, labels, names, ids=ids),
+    }
+    for rank in range(2):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == single
