@@ -1,0 +1,119 @@
+"""DeCo-Diff as a LightningModule: the paper's training objective, and maps/scores for the shared evaluator."""
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.diffusion.deviation import corrupt, deviation_target
+from anomaly_diff.diffusion.masks import sample_patch_corruption
+from anomaly_diff.models.base import AnomalyModule, default_optimizer
+from anomaly_diff.models.components.autoencoder import LatentCodec
+from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig, DeCoDiffModel, DeCoDiffOutput, UNetPreset
+
+
+class DeCoDiff(AnomalyModule):
+    """DeCo-Diff (Beizaee et al., CVPR 2025): one latent deviation-correction model for all categories.
+
+    Training (normal images only): encode with the frozen autoencoder; per sample, corrupt a random fraction
+    ``U(0, max_mask_ratio)`` of random-size latent patches by the forward diffusion to a random timestep, with
+    noise that is Gaussian except on a fraction ``U(0, max_shuffle_ratio)`` of patches holding shuffled latents
+    of the batch; regress the deviation target with MSE. Testing: correct the encoded image from ``t_start``
+    down to 0 (no noise, true class) and compare in image and latent space (:class:`AnomalyMapConfig`).
+
+    Args:
+        categories: Category names (filled from the data by the CLI).
+        autoencoder: The frozen KL autoencoder: a hub id (``"stabilityai/sd-vae-ft-ema"``, the reference's) or a
+            local ``save_pretrained`` folder, e.g. the one ``configs/autoencoder/<dataset>.yaml`` exports.
+        unet: UNet preset (``"tiny"``, ``"XS"``, ``"S"``, ``"M"``, ``"L"``, ``"XL"``) or a :class:`UNetPreset`.
+            Defaults to ``"L"`` (the released weights).
+        num_train_timesteps: Diffusion timesteps T. Defaults to ``10``.
+        beta_schedule: diffusers beta schedule. Defaults to ``"squaredcos_cap_v2"``.
+        t_start: First timestep of the test-time correction, 0-based. Defaults to ``4`` (the reference's 5th).
+        patch_sizes: Patch sides of the corruption mask, in latent cells. Defaults to ``(1, 2, 4, 8, 16)``.
+        patch_size_probs: Their probabilities. Defaults to ``(0.3, 0.25, 0.2, 0.15, 0.1)``.
+        max_mask_ratio: Upper bound of the corrupted fraction. Defaults to ``0.7``.
+        max_shuffle_ratio: Upper bound of the shuffled-latent fraction of the noise. Defaults to ``0.3``.
+        anomaly_map: Map and score settings. Defaults to the reference's at 256 x 256.
+        ema_decay: If set, an exponential moving average of the weights (Lightning's ``EMAWeightAveraging``,
+            updated every optimiser step) is kept; validation, checkpoints and the test after ``fit`` use it.
+        optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
+        scheduler: Optional learning-rate scheduler factory, e.g.
+            :class:`~anomaly_diff.models.components.lr_schedulers.WarmupCosineLR`.
+    """
+
+    def __init__(
+        self,
+        categories: Sequence[str] | None = None,
+        autoencoder: str = "stabilityai/sd-vae-ft-ema",
+        unet: str | UNetPreset = "L",
+        num_train_timesteps: int = 10,
+        beta_schedule: str = "squaredcos_cap_v2",
+        t_start: int = 4,
+        patch_sizes: Sequence[int] = (1, 2, 4, 8, 16),
+        patch_size_probs: Sequence[float] = (0.3, 0.25, 0.2, 0.15, 0.1),
+        max_mask_ratio: float = 0.7,
+        max_shuffle_ratio: float = 0.3,
+        anomaly_map: AnomalyMapConfig | None = None,
+        ema_decay: float | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__(categories, optimizer, scheduler)
+        for name, value in (("max_mask_ratio", max_mask_ratio), ("max_shuffle_ratio", max_shuffle_ratio)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"model.{name} must lie in [0, 1], got {value}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"model.ema_decay must lie in (0, 1) or be null, got {ema_decay}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        codec = LatentCodec(autoencoder)
+        self.model = DeCoDiffModel(
+            codec,
+            num_classes=self.num_classes,
+            unet=unet,
+            latent_channels=codec.vae.config.latent_channels,
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            t_start=t_start,
+            anomaly_map=anomaly_map,
+        )
+        self.patch_sizes = tuple(patch_sizes)
+        self.patch_size_probs = tuple(patch_size_probs)
+        self.max_mask_ratio = max_mask_ratio
+        self.max_shuffle_ratio = max_shuffle_ratio
+        self.ema_decay = ema_decay
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Add the EMA callback when ``ema_decay`` is set."""
+        return [EMAWeightAveraging(decay=self.ema_decay)] if self.ema_decay is not None else []
+
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """MSE between the predicted and the true deviation of randomly patch-corrupted latents."""
+        latents = self.model.codec.encode(batch["image"])
+        corruption = sample_patch_corruption(
+            latents, self.patch_sizes, self.patch_size_probs, self.max_mask_ratio, self.max_shuffle_ratio
+        )
+        schedule = self.model.schedule
+        timesteps = schedule.sample_timesteps(latents.shape[0])
+        noisy = corrupt(latents, corruption.noise, corruption.keep, schedule, timesteps)
+        target = deviation_target(latents, corruption.noise, corruption.keep, schedule, timesteps)
+        prediction = self.model(noisy, timesteps, self.class_indices(batch["category"]))
+        return {"loss": F.mse_loss(prediction.float(), target)}
+
+    def detect(self, batch: Batch) -> DeCoDiffOutput:
+        """Run the test-time correction on a batch, conditioned on each image's true category."""
+        return self.model.detect(batch["image"], self.class_indices(batch["category"]))
+
+    def predict_anomaly(self, batch: Batch) -> Prediction:
+        """Anomaly maps ``(B, H, W)`` and image scores ``(B,)``."""
+        output = self.detect(batch)
+        return {"anomaly_map": output.anomaly_map, "pred_score": output.pred_score}
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict:
+        """Maps, scores, reconstructions ``(B, 3, H, W)`` and both map parts, with each sample's path and category."""
+        output = self.detect(batch)
+        return {**output._asdict(), "path": batch["path"], "category": batch["category"]}

@@ -1,0 +1,261 @@
+"""DeCo-Diff as a plain ``nn.Module``: the class-conditioned deviation UNet, its size presets, and inference.
+
+Beizaee et al., "Correcting Deviations from Normality: A Reformulated Diffusion Model for Multi-Class
+Unsupervised Anomaly Detection" (CVPR 2025). The denoiser predicts the deviation ``d`` of a latent from
+normality (see :mod:`anomaly_diff.diffusion.deviation`); at test time the encoded image is corrected from
+``t_start`` down to 0 with no added noise, and the anomaly map compares the correction with the input in
+image and latent space.
+"""
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import Tensor, nn
+
+from anomaly_diff.diffusion.deviation import correct_deviations
+from anomaly_diff.diffusion.schedule import NoiseSchedule
+from anomaly_diff.models.components.anomaly_map import (
+    Fusion,
+    clip_and_scale,
+    fuse_maps,
+    gaussian_blur,
+    image_score,
+    resize_maps,
+)
+
+
+@dataclass(frozen=True)
+class UNetPreset:
+    """Shape of the deviation UNet.
+
+    Attributes:
+        base_channels: Channels of the first level; level ``i`` has ``base_channels * channel_mult[i]``.
+        num_heads: Attention heads at the first level. The head width ``base_channels // num_heads`` is kept
+            at every level (the reference's ``num_head_channels``), so deeper levels have more heads.
+        context_dim: Width of the class embedding that cross-attention attends to.
+        channel_mult: Channel multiplier per level; ``len - 1`` downsamplings.
+        attention: Per level, whether its blocks carry a spatial transformer (self- plus cross-attention).
+            Without any, the class condition would not reach the network.
+        layers_per_block: Residual blocks per level (the up path has one more, as in the reference).
+        norm_num_groups: Groups of the group norms; must divide every level's channels.
+        dropout: Dropout in the residual blocks.
+    """
+
+    base_channels: int
+    num_heads: int
+    context_dim: int
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    attention: tuple[bool, ...] = (True, True, True)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    dropout: float = 0.4
+
+
+# The reference's UNet_XS..XL (``models.py``: model_channels 64..320, heads 4/4/6/8/12, context 2x channels,
+# channel_mult [1, 2, 4], attention_resolutions [4, 2, 1] = every level, 2 res blocks, dropout 0.4). "tiny" is
+# this project's CPU preset: narrower, two levels of attention, one res block per level.
+UNET_PRESETS: dict[str, UNetPreset] = {
+    "tiny": UNetPreset(
+        32, 2, 64, channel_mult=(1, 2, 2), attention=(False, True, True), layers_per_block=1, norm_num_groups=16
+    ),
+    "XS": UNetPreset(64, 4, 128),
+    "S": UNetPreset(128, 4, 256),
+    "M": UNetPreset(192, 6, 384),
+    "L": UNetPreset(256, 8, 512),
+    "XL": UNetPreset(320, 12, 640),
+}
+
+
+def resolve_preset(unet: str | UNetPreset) -> UNetPreset:
+    """Return ``unet`` itself or the preset it names.
+
+    Raises:
+        ValueError: Unknown preset name.
+    """
+    if isinstance(unet, UNetPreset):
+        return unet
+    if unet not in UNET_PRESETS:
+        raise ValueError(f"unknown UNet preset {unet!r}: choose one of {sorted(UNET_PRESETS)} or give a UNetPreset")
+    return UNET_PRESETS[unet]
+
+
+def build_unet(preset: UNetPreset, latent_channels: int = 4) -> UNet2DConditionModel:
+    """Build the diffusers UNet of a preset (LDM layout: res blocks + spatial transformers with cross-attention).
+
+    Raises:
+        ValueError: The preset's lists differ in length, or ``norm_num_groups`` does not divide the channels.
+    """
+    if len(preset.attention) != len(preset.channel_mult):
+        raise ValueError(
+            f"UNetPreset.attention {preset.attention} needs one entry per channel_mult level {preset.channel_mult}"
+        )
+    channels = [preset.base_channels * m for m in preset.channel_mult]
+    bad = [c for c in channels if c % preset.norm_num_groups]
+    if bad:
+        raise ValueError(
+            f"UNetPreset norm_num_groups={preset.norm_num_groups} must divide every level's channels, not {bad}"
+        )
+    if not 1 <= preset.num_heads <= preset.base_channels:
+        raise ValueError(f"UNetPreset num_heads={preset.num_heads} must lie in [1, base_channels]")
+    head_width = preset.base_channels // preset.num_heads
+    down = [("CrossAttnDownBlock2D" if a else "DownBlock2D") for a in preset.attention]
+    up = [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(preset.attention)]
+    return UNet2DConditionModel(
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=tuple(channels),
+        layers_per_block=preset.layers_per_block,
+        norm_num_groups=preset.norm_num_groups,
+        cross_attention_dim=preset.context_dim,
+        # diffusers' historical name: ``attention_head_dim`` is the number of heads per level
+        attention_head_dim=tuple(c // head_width for c in channels),
+        dropout=preset.dropout,
+    )
+
+
+@dataclass(frozen=True)
+class AnomalyMapConfig:
+    """How the anomaly map is built from the correction (defaults: the reference at 256 x 256).
+
+    Attributes:
+        image_clip: Clip of the image discrepancy ``max_RGB |recon - reference|`` in ``[-1, 1]`` units.
+        image_scale: Its scale after clipping.
+        image_sigma: Gaussian blur of the image part, in pixels.
+        latent_clip: Clip of the latent discrepancy ``mean_C |z_hat - z|``.
+        latent_scale: Its scale after clipping.
+        latent_sigma: Gaussian blur of the latent part, in latent cells (before upsampling).
+        fusion: ``"geometric"`` ``sqrt(image * latent)`` or ``"arithmetic"`` mean.
+        image_reference: What the reconstruction is compared with in image space: ``"decoded"`` = the
+            autoencoder's reconstruction of the input latent (the reference: autoencoder errors cancel), or
+            ``"input"`` = the input image.
+        score_top_k: The image score is the mean of the ``score_top_k`` highest map values (1 = the maximum).
+    """
+
+    image_clip: float = 0.4
+    image_scale: float = 2.5
+    image_sigma: float = 3.0
+    latent_clip: float = 0.2
+    latent_scale: float = 5.0
+    latent_sigma: float = 1.0
+    fusion: Fusion = "geometric"
+    image_reference: Literal["decoded", "input"] = "decoded"
+    score_top_k: int = 1
+
+
+class DeCoDiffOutput(NamedTuple):
+    """Inference result of a batch.
+
+    Attributes:
+        anomaly_map: ``(B, H, W)`` fused map.
+        pred_score: ``(B,)`` image scores.
+        reconstruction: ``(B, 3, H, W)`` decoded corrected latents, in ``[0, 1]``.
+        image_map: ``(B, H, W)`` image part of the map.
+        latent_map: ``(B, H, W)`` latent part, upsampled to the image.
+    """
+
+    anomaly_map: Tensor
+    pred_score: Tensor
+    reconstruction: Tensor
+    image_map: Tensor
+    latent_map: Tensor
+
+
+class DeCoDiffModel(nn.Module):
+    """Class-conditioned deviation UNet in the latent space of a frozen autoencoder.
+
+    The class condition is a learned embedding used as a one-token cross-attention context, as in the
+    reference (LDM ``UNetModel`` with ``context_dim``), so the presets reproduce the released architecture.
+
+    Args:
+        codec: The frozen autoencoder, a module with ``encode(image (B, 3, H, W) in [0, 1]) -> (B, C, h, w)``
+            and ``decode(latents) -> (B, 3, H, W) in [0, 1]``
+            (:class:`~anomaly_diff.models.components.autoencoder.LatentCodec`).
+        num_classes: Number of categories.
+        unet: A preset name (``"tiny"``, ``"XS"`` .. ``"XL"``) or a :class:`UNetPreset`. Defaults to ``"L"``
+            (the released weights).
+        latent_channels: Channels of the codec's latents. Defaults to ``4``.
+        num_train_timesteps: Diffusion timesteps T. Defaults to ``10``.
+        beta_schedule: diffusers beta schedule. Defaults to ``"squaredcos_cap_v2"``.
+        t_start: First timestep of the correction at test time (0-based; the reference's 5th of 10 is 4).
+        anomaly_map: How maps and scores are computed. Defaults to ``AnomalyMapConfig()`` (the reference's).
+
+    Example:
+        >>> from anomaly_diff.models.components.autoencoder import LatentCodec
+        >>> from diffusers import AutoencoderKL
+        >>> vae = AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=8)
+        >>> model = DeCoDiffModel(LatentCodec(vae), num_classes=3, unet="tiny")
+        >>> model(torch.randn(2, 4, 16, 16), torch.tensor([0, 9]), torch.tensor([0, 2])).shape
+        torch.Size([2, 4, 16, 16])
+    """
+
+    def __init__(
+        self,
+        codec: nn.Module,
+        num_classes: int,
+        unet: str | UNetPreset = "L",
+        latent_channels: int = 4,
+        num_train_timesteps: int = 10,
+        beta_schedule: str = "squaredcos_cap_v2",
+        t_start: int = 4,
+        anomaly_map: AnomalyMapConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0 <= t_start < num_train_timesteps:
+            raise ValueError(f"t_start={t_start} must lie in [0, num_train_timesteps={num_train_timesteps})")
+        preset = resolve_preset(unet)
+        self.codec = codec
+        self.unet = build_unet(preset, latent_channels)
+        self.class_embedding = nn.Embedding(num_classes, preset.context_dim)
+        self.schedule = NoiseSchedule(num_train_timesteps, beta_schedule)
+        self.t_start = t_start
+        self.map_config = anomaly_map or AnomalyMapConfig()
+
+    def forward(self, latents: Tensor, timesteps: Tensor, class_index: Tensor) -> Tensor:
+        """Predict the deviation of ``(B, C, h, w)`` latents at ``(B,)`` timesteps for ``(B,)`` classes."""
+        context = self.class_embedding(class_index)[:, None, :]
+        return self.unet(latents, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    @torch.no_grad()
+    def correct(self, latents: Tensor, class_index: Tensor, t_start: int | None = None) -> Tensor:
+        """Correct ``(B, C, h, w)`` latents from ``t_start`` (default: the model's) to 0; returns ``x0_hat``."""
+        t_start = self.t_start if t_start is None else t_start
+        return correct_deviations(lambda x, t: self(x, t, class_index), latents, self.schedule, t_start)
+
+    @torch.no_grad()
+    def detect(self, image: Tensor, class_index: Tensor, t_start: int | None = None) -> DeCoDiffOutput:
+        """Anomaly maps, scores and reconstructions of ``(B, 3, H, W)`` images in ``[0, 1]``.
+
+        Args:
+            image: ``(B, 3, H, W)`` images in ``[0, 1]``.
+            class_index: ``(B,)`` the true category of each image.
+            t_start: Overrides the model's ``t_start``.
+
+        Returns:
+            Maps, scores, reconstructions and the two map parts.
+        """
+        cfg = self.map_config
+        latents = self.codec.encode(image)
+        corrected = self.correct(latents, class_index, t_start).float()
+        reconstruction = self.codec.decode(corrected)
+        reference = self.codec.decode(latents) if cfg.image_reference == "decoded" else image.float()
+        # |.| in [-1, 1] units, as the reference measures it: twice the difference in [0, 1] units
+        image_diff = 2.0 * (reconstruction - reference).abs().amax(dim=1)
+        image_map = gaussian_blur(clip_and_scale(image_diff, cfg.image_clip, cfg.image_scale), cfg.image_sigma)
+        latent_diff = (corrected - latents.float()).abs().mean(dim=1)
+        latent_map = gaussian_blur(clip_and_scale(latent_diff, cfg.latent_clip, cfg.latent_scale), cfg.latent_sigma)
+        latent_map = resize_maps(latent_map, image.shape[-2:])
+        anomaly_map = fuse_maps(image_map, latent_map, cfg.fusion)
+        return DeCoDiffOutput(
+            anomaly_map=anomaly_map,
+            pred_score=image_score(anomaly_map, cfg.score_top_k),
+            reconstruction=reconstruction,
+            image_map=image_map,
+            latent_map=latent_map,
+        )

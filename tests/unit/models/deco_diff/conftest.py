@@ -1,0 +1,52 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch import nn
+
+
+class PoolingCodec(nn.Module):
+    """A fixed stand-in for the autoencoder: 8x8 average pooling down, nearest-neighbour upsampling back."""
+
+    def encode(self, image):
+        return F.avg_pool2d(image, 8)
+
+    def decode(self, latents):
+        return F.interpolate(latents, scale_factor=8, mode="nearest")
+
+
+@pytest.fixture
+def pooling_codec():
+    return PoolingCodec()
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder_dir(tmp_path_factory):
+    """A randomly initialised 8x-downsampling AutoencoderKL saved with save_pretrained, as the CLI would load it."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        scaling_factor=0.5,
+    )
+    path = tmp_path_factory.mktemp("autoencoder")
+    vae.save_pretrained(path)
+    return path
+
+
+def make_batch(categories, size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    n = len(categories)
+    return {
+        "image": torch.rand(n, 3, size, size, generator=generator),
+        "mask": torch.zeros(n, size, size),
+        "label": torch.zeros(n, dtype=torch.long),
+        "category": list(categories),
+        "class_index": torch.zeros(n, dtype=torch.long),
+        "path": [f"{i}.png" for i in range(n)],
+        "index": torch.arange(n),
+    }
