@@ -147,8 +147,9 @@ class AnomalyDataModule(LightningDataModule, ABC):
             stage: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or ``None`` (all).
 
         Raises:
-            DatasetError: A category's layout is broken, it has too few training normals for the
-                validation split, or ``stage`` needs test images that a category lacks.
+            DatasetError: A category's layout is broken, a mask's size differs from its image's, a
+                category has too few training normals for the validation split, or ``stage`` needs test
+                images that a category lacks.
         """
         if self.train_dataset is None:
             self._build_datasets()
@@ -178,6 +179,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
         self.train_dataset = AnomalyDataset(train, self.class_indices, transform)
         self.val_dataset = AnomalyDataset(val, self.class_indices, transform)
         self.test_dataset = AnomalyDataset(test, self.class_indices, transform)
+        self.test_dataset.check_mask_sizes()  # fail before training, not after it
         log.info(
             "%s at %s: %d categories, %d train / %d val / %d test images (%d anomalous)",
             type(self).__name__,

@@ -11,7 +11,7 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
 from anomaly_diff.data.errors import DatasetError
-from anomaly_diff.data.image_io import load_mask, load_rgb
+from anomaly_diff.data.image_io import load_mask, load_rgb, read_size
 from anomaly_diff.data.samples import Sample
 
 
@@ -65,6 +65,16 @@ class AnomalyDataset(Dataset):
         self.class_indices = dict(class_indices)
         self.transform = transform
 
+    def check_mask_sizes(self) -> None:
+        """Compare every mask's size with its image's from the file headers (fast: no pixel is decoded).
+
+        Raises:
+            DatasetError: A mask's size differs from its image's, or a header cannot be read.
+        """
+        for sample in self.samples:
+            if sample.mask_path is not None:
+                _require_same_size(sample, read_size(sample.image_path), read_size(sample.mask_path))
+
     def __len__(self) -> int:
         """The number of samples."""
         return len(self.samples)
@@ -86,11 +96,7 @@ class AnomalyDataset(Dataset):
             mask = np.zeros(image.shape[:2], dtype=np.uint8)
         else:
             mask = load_mask(sample.mask_path)
-            if mask.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height) but its image "
-                    f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}; a mask must have its image's size"
-                )
+            _require_same_size(sample, image.shape[1::-1], mask.shape[::-1])
         transformed = self.transform(image=image, mask=mask)
         return {
             "image": transformed["image"],
@@ -102,3 +108,12 @@ class AnomalyDataset(Dataset):
             "path": str(sample.image_path),
             "index": torch.tensor(index, dtype=torch.long),
         }
+
+
+def _require_same_size(sample: Sample, image_size: tuple[int, int], mask_size: tuple[int, int]) -> None:
+    """Raise unless the ``(width, height)`` of a sample's mask equals its image's."""
+    if tuple(mask_size) != tuple(image_size):
+        raise DatasetError(
+            f"mask {sample.mask_path} is {mask_size[0]}x{mask_size[1]} (width x height) but its image "
+            f"{sample.image_path} is {image_size[0]}x{image_size[1]}; a mask must have its image's size"
+        )

@@ -23,11 +23,12 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _SINGLE_CHANNEL_MODES = ("1", "L", "P", "F", *_SIXTEEN_BIT_MODES)
 
 
-def _open(path: Path) -> Image.Image:
-    """Open and fully decode an image, so that corrupt and truncated files fail here."""
+def _open(path: Path, decode: bool = True) -> Image.Image:
+    """Open an image and, with ``decode``, read all its pixels, so that corrupt and truncated files fail here."""
     try:
         with Image.open(path) as image:
-            image.load()
+            if decode:
+                image.load()
             return image
     except FileNotFoundError as error:
         raise DatasetError(f"image file {path} does not exist (it was listed when the data set was indexed)") from error
@@ -36,6 +37,15 @@ def _open(path: Path) -> Image.Image:
             f"cannot read image file {path}: {error}. The file is corrupt, truncated or not an image; "
             "replace it with a valid copy or delete it (samples are never skipped)"
         ) from error
+
+
+def read_size(path: Path) -> tuple[int, int]:
+    """Read an image's ``(width, height)`` from its header, without decoding the pixels.
+
+    Raises:
+        DatasetError: The file is missing or its header is not an image's.
+    """
+    return _open(path, decode=False).size
 
 
 def _sixteen_to_eight_bit(image: Image.Image, path: Path) -> np.ndarray:

@@ -4,13 +4,14 @@ import logging
 import shutil
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from anomaly_diff.data import DatasetError, MVTecAD
 from anomaly_diff.data.batch import Batch
-from tests.helpers.data import corrupt_file, truncate_file, write_mvtec_ad
+from tests.helpers.data import corrupt_file, truncate_file, write_image, write_mvtec_ad
 
 
 @pytest.fixture
@@ -199,6 +200,14 @@ def test_missing_mask_is_reported_at_setup_with_the_expected_path(root):
     mask.unlink()
     image = root / "zipper" / "test" / "scratch" / "001.png"
     with pytest.raises(DatasetError, match=rf"mask missing for defective image {image}: expected {mask}"):
+        _datamodule(root).setup("fit")
+
+
+def test_mask_of_another_size_is_reported_at_setup_before_training(root):
+    mask = root / "bottle" / "ground_truth" / "crack" / "000_mask.png"
+    write_image(mask, np.zeros((20, 32), dtype=np.uint8))
+    image = root / "bottle" / "test" / "crack" / "000.png"
+    with pytest.raises(DatasetError, match=rf"mask {mask} is 32x20 \(width x height\) but its image {image} is 32x32"):
         _datamodule(root).setup("fit")
 
 
