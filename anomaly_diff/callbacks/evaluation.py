@@ -1,0 +1,148 @@
+"""The evaluation callback: anomaly metrics of what ``test_step`` returns, logged and written as result files."""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from rich.console import Console
+
+from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.metrics import AnomalyMetrics, SampleError
+from anomaly_diff.metrics.report import to_csv, to_json, to_markdown, to_rich_table
+from anomaly_diff.utils.io import atomic_write_text
+
+
+class Evaluator(Callback):
+    """Compute :class:`~anomaly_diff.metrics.AnomalyMetrics` over the test set (and optionally validation).
+
+    In ``test`` it collects ``outputs["anomaly_map"]`` and ``outputs["pred_score"]`` with the batch's ``mask``,
+    ``label``, ``category`` and ``index`` (the index drops the samples a distributed sampler repeats). At the end
+    of the epoch it logs ``test/<metric>`` (the mean over categories) and ``test/<metric>/<category>`` through
+    ``pl_module.log_dict`` (already synchronised values, so every attached logger gets them), keeps the result
+    dict as :attr:`results`, and on global rank zero writes ``metrics.json``, ``metrics.csv`` and ``metrics.md``
+    into the run directory (``trainer.log_dir``, else ``trainer.default_root_dir``) and prints the table.
+
+    Validation is evaluated only with ``evaluate_validation=True``: it needs anomalous validation images, and the
+    models' ``validation_step`` returns no maps, so the callback calls ``pl_module.predict_anomaly(batch)``; it
+    logs ``val/<metric>`` and keeps :attr:`validation_results`, writing no files.
+
+    Args:
+        evaluate_validation: Also evaluate validation epochs (not the sanity check). Defaults to False.
+        num_bins: ``None`` for exact pixel metrics, else the number of score bins (see ``AnomalyMetrics``).
+            Defaults to None.
+        score_range: The ``(low, high)`` range of the bins in binned mode. Defaults to ``(0.0, 1.0)``.
+        aupro_fpr_limit: The FPR up to which AUPRO integrates. Defaults to 0.3.
+        chunk_size: The most pixel scores sorted at once in exact mode. Defaults to ``2**24``.
+
+    Attributes:
+        results: The last test result, ``{"mean": {...}, "per_category": {...}}``, or ``None``.
+        validation_results: The last validation result, or ``None``.
+    """
+
+    def __init__(
+        self,
+        evaluate_validation: bool = False,
+        num_bins: int | None = None,
+        score_range: tuple[float, float] = (0.0, 1.0),
+        aupro_fpr_limit: float = 0.3,
+        chunk_size: int = 1 << 24,
+    ) -> None:
+        self.evaluate_validation = evaluate_validation
+        self._metrics = {
+            stage: AnomalyMetrics(
+                num_bins=num_bins, score_range=score_range, aupro_fpr_limit=aupro_fpr_limit, chunk_size=chunk_size
+            )
+            for stage in ("test", "val")
+        }
+        self.results: dict[str, dict] | None = None
+        self.validation_results: dict[str, dict] | None = None
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start an empty metric on the module's device."""
+        self._start("test", pl_module)
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Prediction,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Add the batch's maps and scores."""
+        self._update("test", trainer, outputs, batch, dataloader_idx)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute, log, keep and (on global rank zero) write and print the test metrics."""
+        self.results = self._finish("test", pl_module)
+        run_dir = Path(trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir)
+        if trainer.is_global_zero:
+            atomic_write_text(run_dir / "metrics.json", to_json(self.results))
+            atomic_write_text(run_dir / "metrics.csv", to_csv(self.results))
+            atomic_write_text(run_dir / "metrics.md", to_markdown(self.results))
+            Console().print(to_rich_table(self.results, title=f"Test metrics ({run_dir})"))
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start an empty metric when validation is evaluated."""
+        if self._validating(trainer):
+            self._start("val", pl_module)
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Prediction | None,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Add the batch's maps and scores (predicted here when ``validation_step`` returned none)."""
+        if self._validating(trainer):
+            if not isinstance(outputs, Mapping) or "anomaly_map" not in outputs:
+                outputs = pl_module.predict_anomaly(batch)
+            self._update("val", trainer, outputs, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute, log and keep the validation metrics."""
+        if self._validating(trainer):
+            self.validation_results = self._finish("val", pl_module)
+
+    def _validating(self, trainer: Trainer) -> bool:
+        return self.evaluate_validation and not trainer.sanity_checking
+
+    def _start(self, stage: str, pl_module: LightningModule) -> None:
+        metric = self._metrics[stage]
+        metric.reset()
+        metric.to(pl_module.device)
+
+    def _update(self, stage: str, trainer: Trainer, outputs: Prediction, batch: Batch, dataloader_idx: int) -> None:
+        if not isinstance(outputs, Mapping) or not {"anomaly_map", "pred_score"} <= outputs.keys():
+            found = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
+            raise ValueError(
+                f"the {stage} step must return a dict with 'anomaly_map' (B, H, W) and 'pred_score' (B,) "
+                f"(anomaly_diff.data.batch.Prediction), got {found}"
+            )
+        loaders = trainer.num_test_batches if stage == "test" else trainer.num_val_batches
+        num_loaders = len(loaders) if isinstance(loaders, list) else 1
+        try:
+            self._metrics[stage].update(
+                outputs["anomaly_map"],
+                batch["mask"],
+                outputs["pred_score"],
+                batch["label"],
+                batch["category"],
+                batch["index"] * num_loaders + dataloader_idx,  # unique across dataloaders
+            )
+        except SampleError as error:
+            raise ValueError(f"{stage} image {batch['path'][error.index]}: {error}") from error
+
+    def _finish(self, stage: str, pl_module: LightningModule) -> dict[str, dict]:
+        metric = self._metrics[stage]
+        results = metric.compute()
+        metric.reset()  # frees the collected maps
+        logged = {f"{stage}/{name}": value for name, value in results["mean"].items()}
+        for category, values in results["per_category"].items():
+            logged |= {f"{stage}/{name}/{category}": value for name, value in values.items()}
+        pl_module.log_dict(logged, sync_dist=False)
+        return results
