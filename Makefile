@@ -35,7 +35,7 @@ lint: $(INSTALLED) ## Check the code with ruff
 	$(VENV)/bin/ruff check anomaly_diff tests experiments
 
 data: $(INSTALLED) ## Write the embedded data set to DIR (make data DIR=/some/where)
-	$(PY) -m anomaly_diff.data.synthetic --output $(or $(DIR),.cache/embedded)
+	$(VENV)/bin/anomaly-diff-data --output $(or $(DIR),.cache/embedded)
 
 bench: bench-metrics bench-infer ## Run every benchmark and write experiments/results/
 
