@@ -20,7 +20,7 @@ generated. The layout is MVTec AD's::
 
 Command line (prints the data set's path)::
 
-    python -m anomaly_diff.data.synthetic --output DIR [--seed N] [--image-size S] [--num-train N]
+    anomaly-diff-data --output DIR [--seed N] [--image-size S] [--num-train N]
         [--num-test-good N] [--num-test-defective N] [--categories brick coffee ...]
 """
 
@@ -505,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status, 0.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m anomaly_diff.data.synthetic",
+        prog="anomaly-diff-data",
         description="Write the embedded anomaly detection data set (MVTec AD layout) generated offline from "
                     "scikit-image's sample images. Reuses DIR if it already holds the same set.")
     parser.add_argument("--output", required=True, type=Path, help="destination directory (new, empty, or an "
