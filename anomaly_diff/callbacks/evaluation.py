@@ -19,8 +19,11 @@ class Evaluator(Callback):
     ``label``, ``category`` and ``index`` (the index drops the samples a distributed sampler repeats). At the end
     of the epoch it logs ``test/<metric>`` (the mean over categories) and ``test/<metric>/<category>`` through
     ``pl_module.log_dict`` (already synchronised values, so every attached logger gets them), keeps the result
-    dict as :attr:`results`, and on global rank zero writes ``metrics.json``, ``metrics.csv`` and ``metrics.md``
-    into the run directory (``trainer.log_dir``, else ``trainer.default_root_dir``) and prints the table.
+    dict as :attr:`results`, and on global rank zero writes ``metrics.json`` (the dict, NaN as ``null``),
+    ``metrics_table.csv`` and ``metrics.md`` (per category plus a mean row) into the run directory
+    (``trainer.log_dir``, else ``trainer.default_root_dir``) and prints the table. The CSV is not called
+    ``metrics.csv`` because Lightning's ``CSVLogger`` owns that name in the same directory (it rewrites the file with
+    its own header and fails on a foreign one).
 
     Validation is evaluated only with ``evaluate_validation=True``: it needs anomalous validation images, and the
     models' ``validation_step`` returns no maps, so the callback calls ``pl_module.predict_anomaly(batch)``; it
@@ -79,7 +82,7 @@ class Evaluator(Callback):
         run_dir = Path(trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir)
         if trainer.is_global_zero:
             atomic_write_text(run_dir / "metrics.json", to_json(self.results))
-            atomic_write_text(run_dir / "metrics.csv", to_csv(self.results))
+            atomic_write_text(run_dir / "metrics_table.csv", to_csv(self.results))
             atomic_write_text(run_dir / "metrics.md", to_markdown(self.results))
             Console().print(to_rich_table(self.results, title=f"Test metrics ({run_dir})"))
 
