@@ -1,0 +1,3 @@
+from anomaly_diff.models.drdc.lightning_model import DRDC, DRDCBase, DRDCOutput, DRDCRefinement
+
+__all__ = ["DRDC", "DRDCBase", "DRDCOutput", "DRDCRefinement"]
