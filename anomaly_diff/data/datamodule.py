@@ -63,11 +63,13 @@ class AnomalyDataModule(LightningDataModule, ABC):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        # Record the concrete class's own arguments (checkpoints, loggers); a base argument a subclass fixes
-        # itself (Folder has one category) is left out, so the record can rebuild the subclass.
+        # Record the concrete class's own arguments in checkpoints; a base argument a subclass fixes itself
+        # (Folder has one category) is left out, so the record can rebuild the subclass. They are not sent to
+        # the loggers (the CLI logs the whole config): Lightning refuses to merge them with the model's, whose
+        # `categories` (the model's classes, from its checkpoint) may differ from the data's (a test subset).
         own = inspect.signature(type(self).__init__).parameters
         fixed = [name for name in inspect.signature(AnomalyDataModule.__init__).parameters if name not in own]
-        self.save_hyperparameters(ignore=fixed)
+        self.save_hyperparameters(ignore=fixed, logger=False)
         _check_int("image_size", image_size, minimum=1)
         _check_int("crop_size", crop_size, minimum=1)
         if crop_size > image_size:
