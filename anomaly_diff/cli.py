@@ -18,6 +18,7 @@ What it adds to a plain LightningCLI:
 """
 
 import importlib
+import os
 import sys
 
 from jsonargparse import Namespace
@@ -26,6 +27,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from anomaly_diff.callbacks.evaluation import Evaluator
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
+from anomaly_diff.data.errors import DatasetError
+
+# Errors that describe bad input (data, weights, files): shown as one message, not a traceback.
+USER_ERRORS = (DatasetError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError,
+               FloatingPointError)
 
 
 def _import(class_path: str):
@@ -81,12 +87,24 @@ class AnomalyCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``anomaly-diff`` and ``lightning`` console scripts."""
-    AnomalyCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    """Entry point of the ``anomaly-diff`` and ``lightning`` console scripts.
+
+    Bad input (see ``USER_ERRORS``) ends the process with exit code 1 and one line naming the culprit;
+    ``ANOMALY_DIFF_TRACEBACK=1`` shows the whole traceback instead. Configuration errors (unknown keys, wrong
+    types) are LightningCLI's own: a usage message and exit code 2.
+    """
+    try:
+        AnomalyCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf"},
+            args=args,
+            auto_configure_optimizers=False,
+        )
+    except USER_ERRORS as error:
+        if os.environ.get("ANOMALY_DIFF_TRACEBACK"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"anomaly-diff: error: {type(error).__name__}: {message}", file=sys.stderr)
+        raise SystemExit(1) from error

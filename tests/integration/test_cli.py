@@ -108,3 +108,26 @@ def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "anomaly_diff", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "fit" in result.stdout and "predict" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "culprit"),
+    [
+        ("--data.init_args.root=/nonexistent/mvtec", "/nonexistent/mvtec"),
+        ("--data.init_args.categories=[a,zebra]", "zebra"),
+    ],
+)
+def test_bad_input_ends_with_one_line_naming_the_culprit(tiny_config, capsys, override, culprit):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(tiny_config), override])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("anomaly-diff: error: ") and culprit in last
+    assert "Traceback" not in err
+
+
+def test_traceback_on_request(tiny_config, monkeypatch):
+    monkeypatch.setenv("ANOMALY_DIFF_TRACEBACK", "1")
+    with pytest.raises(Exception, match="/nonexistent/mvtec"):
+        main(["fit", "--config", str(tiny_config), "--data.init_args.root=/nonexistent/mvtec"])
