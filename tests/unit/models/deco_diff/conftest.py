@@ -38,7 +38,7 @@ def tiny_autoencoder_dir(tmp_path_factory):
     return path
 
 
-def make_batch(categories, size=64, seed=0):
+def _make_batch(categories, size=64, seed=0):
     generator = torch.Generator().manual_seed(seed)
     n = len(categories)
     return {
@@ -50,3 +50,9 @@ def make_batch(categories, size=64, seed=0):
         "path": [f"{i}.png" for i in range(n)],
         "index": torch.arange(n),
     }
+
+
+@pytest.fixture
+def make_batch():
+    """Build a batch in the data contract's layout from category names (random images, no defects)."""
+    return _make_batch

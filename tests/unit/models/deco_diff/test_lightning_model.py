@@ -1,6 +1,5 @@
 import pytest
 import torch
-from conftest import make_batch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -18,20 +17,20 @@ def make_model(autoencoder_dir, **kwargs):
     return DeCoDiff(categories=CATEGORIES, autoencoder=str(autoencoder_dir), **{**settings, **kwargs})
 
 
-def loader(n=4, size=64):
+def loader(make_batch, n=4, size=64):
     batch = make_batch(["coffee", "brick"] * (n // 2), size=size)
     samples = [{k: (v[i] if not isinstance(v, list) else v[i]) for k, v in batch.items()} for i in range(n)]
     return torch.utils.data.DataLoader(samples, batch_size=2)
 
 
-def fit(model, tmp_path, steps=1, **trainer_kwargs):
+def fit(model, tmp_path, make_batch, steps=1, **trainer_kwargs):
     settings = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer = Trainer(max_steps=steps, default_root_dir=tmp_path, **{**settings, **trainer_kwargs})
-    trainer.fit(model, loader())
+    trainer.fit(model, loader(make_batch))
     return trainer
 
 
-def test_loss_is_the_mse_to_the_deviation_target(tiny_autoencoder_dir):
+def test_loss_is_the_mse_to_the_deviation_target(tiny_autoencoder_dir, make_batch):
     model = make_model(tiny_autoencoder_dir)
     batch = make_batch(["coffee", "brick", "coffee"])
     torch.manual_seed(3)
@@ -48,19 +47,19 @@ def test_loss_is_the_mse_to_the_deviation_target(tiny_autoencoder_dir):
     assert loss.item() == pytest.approx((prediction - target).square().mean().item(), rel=1e-5)
 
 
-def test_training_updates_the_denoiser_but_not_the_autoencoder(tiny_autoencoder_dir, tmp_path):
+def test_training_updates_the_denoiser_but_not_the_autoencoder(tiny_autoencoder_dir, tmp_path, make_batch):
     model = make_model(tiny_autoencoder_dir)
     codec_before = {k: v.clone() for k, v in model.model.codec.state_dict().items()}
     unet_before = {k: v.clone() for k, v in model.model.unet.state_dict().items()}
-    fit(model, tmp_path, steps=2)
+    fit(model, tmp_path, make_batch, steps=2)
     assert all(torch.equal(codec_before[k], v) for k, v in model.model.codec.state_dict().items())
     assert any(not torch.equal(unet_before[k], v) for k, v in model.model.unet.state_dict().items())
     assert not model.model.codec.vae.training
 
 
-def test_checkpoint_round_trip_gives_identical_maps(tiny_autoencoder_dir, tmp_path):
+def test_checkpoint_round_trip_gives_identical_maps(tiny_autoencoder_dir, tmp_path, make_batch):
     model = make_model(tiny_autoencoder_dir)
-    trainer = fit(model, tmp_path)
+    trainer = fit(model, tmp_path, make_batch)
     trainer.save_checkpoint(tmp_path / "model.ckpt")
     restored = DeCoDiff.load_from_checkpoint(tmp_path / "model.ckpt").eval()
     model.eval()
@@ -71,7 +70,7 @@ def test_checkpoint_round_trip_gives_identical_maps(tiny_autoencoder_dir, tmp_pa
     assert restored.categories == CATEGORIES and restored.model.t_start == 2
 
 
-def test_predict_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir):
+def test_predict_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir, make_batch):
     model = make_model(tiny_autoencoder_dir).eval()
     batch = make_batch(["brick", "coffee"])
     out = model.predict_step(batch, 0)
@@ -82,11 +81,11 @@ def test_predict_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir):
     torch.testing.assert_close(prediction["anomaly_map"], out["anomaly_map"])
 
 
-def test_ema_weights_are_what_is_evaluated_and_saved(tiny_autoencoder_dir, tmp_path):
+def test_ema_weights_are_what_is_evaluated_and_saved(tiny_autoencoder_dir, tmp_path, make_batch):
     model = make_model(tiny_autoencoder_dir, ema_decay=0.5)
     (callback,) = model.configure_callbacks()
     assert isinstance(callback, EMAWeightAveraging)
-    trainer = fit(model, tmp_path, steps=3, enable_checkpointing=True)
+    trainer = fit(model, tmp_path, make_batch, steps=3, enable_checkpointing=True)
     checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
     assert "current_model_state" in checkpoint, "the checkpoint does not hold the EMA weights"
     key = "model.unet.conv_out.weight"
@@ -95,7 +94,7 @@ def test_ema_weights_are_what_is_evaluated_and_saved(tiny_autoencoder_dir, tmp_p
     torch.testing.assert_close(model.state_dict()[key], checkpoint["state_dict"][key])
 
 
-def test_invalid_settings_are_named(tiny_autoencoder_dir):
+def test_invalid_settings_are_named(tiny_autoencoder_dir, make_batch):
     with pytest.raises(ValueError, match="model.max_mask_ratio must lie in"):
         make_model(tiny_autoencoder_dir, max_mask_ratio=1.5)
     with pytest.raises(ValueError, match="model.ema_decay"):
@@ -105,3 +104,24 @@ def test_invalid_settings_are_named(tiny_autoencoder_dir):
     model = make_model(tiny_autoencoder_dir, patch_sizes=(16,), patch_size_probs=(1.0,))
     with pytest.raises(ValueError, match="do not divide the 8x8 latent grid"):
         model.compute_losses(make_batch(["brick"]))
+
+
+def test_latent_cache_encodes_each_image_once(tiny_autoencoder_dir, monkeypatch, make_batch):
+    model = make_model(tiny_autoencoder_dir, cache_latents=True)
+    codec = model.model.codec
+    encoded_counts = []
+    original = codec.encode
+    monkeypatch.setattr(codec, "encode", lambda image: encoded_counts.append(len(image)) or original(image))
+    batch = make_batch(["brick", "coffee", "brick"])
+    first = model.encode_cached(batch)
+    torch.testing.assert_close(first, original(batch["image"]))
+    again = model.encode_cached(batch)
+    assert torch.equal(first, again) and encoded_counts == [3]
+    # a batch with one unseen image encodes only that one
+    mixed = make_batch(["brick", "coffee", "brick"])
+    mixed["path"] = ["0.png", "new.png", "2.png"]
+    latents = model.encode_cached(mixed)
+    assert encoded_counts == [3, 1]
+    torch.testing.assert_close(latents[1], original(mixed["image"][1:2])[0])
+    model.compute_losses(batch)
+    assert encoded_counts == [3, 1]
