@@ -30,7 +30,7 @@ from anomaly_diff.metrics.auroc import AUROCAccumulator
 from anomaly_diff.metrics.average_precision import AveragePrecisionAccumulator
 from anomaly_diff.metrics.binned import binned_threshold_counts, image_histograms
 from anomaly_diff.metrics.curve import ThresholdCounts, sweep
-from anomaly_diff.metrics.exact import exact_threshold_counts, ordered_keys
+from anomaly_diff.metrics.exact import exact_threshold_counts, floats_to_keys_, ordered_keys
 from anomaly_diff.metrics.f1_max import F1MaxAccumulator
 from anomaly_diff.metrics.regions import label_regions, overlap_weights
 
@@ -290,12 +290,12 @@ class AnomalyMetrics(Metric):
 
         def pixels(samples: Tensor) -> tuple[Iterable[ThresholdCounts], int, int, int]:
             total = int(numels[samples].sum())
-            keys = torch.empty(total, dtype=torch.int32, device=self.device)
+            values = torch.empty(total, dtype=torch.float32, device=self.device)
             codes = torch.empty(total, dtype=torch.int32, device=self.device)
             region_sizes, position, next_code = [], 0, 1
             for sample in samples.tolist():
                 start, numel = starts[sample], int(numels[sample])
-                keys[position : position + numel] = ordered_keys(maps.read(start, numel))
+                values[position : position + numel] = maps.read(start, numel)
                 mask = masks.read(start, numel).reshape(sizes[sample].tolist())
                 codes[position : position + numel], image_regions = label_regions(mask, first_code=next_code)
                 region_sizes.append(image_regions)
@@ -303,6 +303,7 @@ class AnomalyMetrics(Metric):
                 position += numel
             region_sizes = torch.cat(region_sizes)
             positives = int(region_sizes.sum())
+            keys = floats_to_keys_(values)
             segments = exact_threshold_counts(keys, codes, overlap_weights(region_sizes), self.chunk_size)
             return segments, positives, total - positives, len(region_sizes)
 

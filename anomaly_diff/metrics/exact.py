@@ -32,8 +32,23 @@ def ordered_keys(scores: Tensor) -> Tensor:
         int32 keys of the same shape: ``a < b`` exactly when ``key(a) < key(b)`` and ``a == b`` when the keys are
         equal (``-0.0`` and ``0.0`` share a key).
     """
-    bits = (scores.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return floats_to_keys_(scores.to(torch.float32, copy=True))
+
+
+def floats_to_keys_(values: Tensor) -> Tensor:
+    """In-place :func:`ordered_keys` of a float32 tensor, slice by slice; returns its int32 view.
+
+    Args:
+        values: A contiguous float32 tensor, overwritten.
+
+    Returns:
+        ``values``' memory viewed as the int32 keys.
+    """
+    keys = values.view(torch.int32)
+    for part, bits in zip(values.view(-1).split(_MIN_SLICE), keys.view(-1).split(_MIN_SLICE), strict=True):
+        part.add_(0.0)  # turns -0.0 into 0.0
+        bits.bitwise_xor_((bits >> 31).bitwise_and_(0x7FFFFFFF))
+    return keys
 
 
 def exact_threshold_counts(

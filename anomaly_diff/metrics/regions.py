@@ -24,12 +24,11 @@ def label_regions(mask: Tensor, first_code: int = 1) -> tuple[Tensor, Tensor]:
         ``i``-th region) and the ``(R,)`` int64 pixel count of each region.
     """
     labels, count = ndimage.label(mask.detach().cpu().numpy() > 0, structure=EIGHT_CONNECTED)
-    labels = labels.reshape(-1)
+    labels = labels.reshape(-1).astype(np.int32, copy=False)
     sizes = torch.from_numpy(np.bincount(labels, minlength=count + 1)[1:].astype(np.int64))
-    codes = torch.from_numpy(labels.astype(np.int32, copy=False))
     if first_code != 1:
-        codes = torch.where(codes > 0, codes + (first_code - 1), codes)
-    return codes.to(mask.device), sizes.to(mask.device)
+        labels[labels > 0] += first_code - 1
+    return torch.from_numpy(labels).to(mask.device), sizes.to(mask.device)
 
 
 def overlap_weights(region_sizes: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ def distributed_sampler_indices(num_samples: int, rank: int, world_size: int) ->
 
 
 def worker(rank: int, world_size: int, port: int, case: tuple, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two processes on a small shared machine
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         maps, masks, scores, labels, names = case

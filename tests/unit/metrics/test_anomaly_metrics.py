@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from metrics_reference import random_case, reference_results
 
 from anomaly_diff.metrics import METRIC_NAMES, AnomalyMetrics, SampleError
+from tests.unit.metrics.metrics_reference import random_case, reference_results
 
 
 def run(metric, maps, masks, scores, labels, names, batch=4, ids=None):
@@ -233,7 +233,8 @@ def test_two_process_ddp_gives_the_single_process_result(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
-    from ddp_worker import worker
+
+    from tests.unit.metrics.ddp_worker import worker
 
     maps, masks, scores, labels, names = random_case(seed=29, per_category=7)  # 14 samples: rank 1 repeats sample 0
     maps, masks, scores, labels = maps[:-1], masks[:-1], scores[:-1], labels[:-1]  # 13: padding needed
