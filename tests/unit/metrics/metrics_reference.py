@@ -88,3 +88,30 @@ def random_case(seed: int, categories=("bottle", "cable"), per_category=6, size=
         scores = np.round(scores * 4) / 4
     names = [c for c in categories for _ in range(per_category)]
     return maps.astype(np.float32), masks, scores.astype(np.float32), labels, names
+
+
+def split_counts(scores, labels, weights=None, pieces=3, seed=0):
+    """Per-distinct-threshold counts (highest first) computed with numpy, cut into ``pieces`` random segments.
+
+    Returns a list of ``ThresholdCounts``; ``weights`` (per sample) become the overlaps when given.
+    """
+    import torch
+
+    from anomaly_diff.metrics.curve import ThresholdCounts
+
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    distinct, inverse = np.unique(-scores, return_inverse=True)
+    positives = np.bincount(inverse, weights=labels > 0, minlength=len(distinct)).astype(np.int64)
+    negatives = np.bincount(inverse, weights=labels == 0, minlength=len(distinct)).astype(np.int64)
+    overlaps = None if weights is None else np.bincount(inverse, weights=weights, minlength=len(distinct))
+    cuts = np.sort(np.random.default_rng(seed).choice(np.arange(1, len(distinct)), pieces - 1, replace=False))
+    segments = []
+    for part in np.split(np.arange(len(distinct)), cuts):
+        segments.append(
+            ThresholdCounts(
+                positives=torch.from_numpy(positives[part]),
+                negatives=torch.from_numpy(negatives[part]),
+                overlaps=None if overlaps is None else torch.from_numpy(overlaps[part]),
+            )
+        )
+    return segments
