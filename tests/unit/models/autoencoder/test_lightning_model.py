@@ -61,3 +61,19 @@ def test_scaling_factor_is_inverse_latent_std_and_survives_export(tmp_path):
 def test_invalid_hyper_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
+
+
+def test_training_uses_random_crops_of_the_images():
+    model = tiny(train_crop_size=8).train()
+    image = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    crops = model.random_crops(image)
+    assert crops.shape == (2, 3, 8, 8)
+    for crop, full in zip(crops, image, strict=True):
+        top, left = divmod(int(crop[0, 0, 0].item()) - int(full[0, 0, 0].item()), 16)
+        torch.testing.assert_close(crop, full[:, top : top + 8, left : left + 8])
+    assert model.eval().compute_losses(batch())["l1"].shape == ()
+
+
+def test_crop_size_must_fit_the_downsampling():
+    with pytest.raises(ValueError, match="train_crop_size=7 must be a positive multiple of 2"):
+        tiny(train_crop_size=7)
