@@ -35,7 +35,7 @@ class Evaluator(Callback):
             Defaults to None.
         score_range: The ``(low, high)`` range of the bins in binned mode. Defaults to ``(0.0, 1.0)``.
         aupro_fpr_limit: The FPR up to which AUPRO integrates. Defaults to 0.3.
-        chunk_size: The most pixel scores sorted at once in exact mode. Defaults to ``2**24``.
+        chunk_size: The most pixel scores sorted at once in exact mode. Defaults to ``2**22``.
 
     Attributes:
         results: The last test result, ``{"mean": {...}, "per_category": {...}}``, or ``None``.
@@ -48,7 +48,7 @@ class Evaluator(Callback):
         num_bins: int | None = None,
         score_range: tuple[float, float] = (0.0, 1.0),
         aupro_fpr_limit: float = 0.3,
-        chunk_size: int = 1 << 24,
+        chunk_size: int = 1 << 22,
     ) -> None:
         self.evaluate_validation = evaluate_validation
         self._metrics = {

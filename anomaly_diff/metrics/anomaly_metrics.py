@@ -71,8 +71,9 @@ class AnomalyMetrics(Metric):
     without both normal and anomalous pixels) is NaN, reported in one warning and left out of the mean.
 
     Memory (exact mode): 5 bytes per pixel of state (float32 map, uint8 mask), and at compute time 8 bytes per
-    pixel of the largest category plus about ``33 * chunk_size`` bytes for sorting. Binned mode:
-    ``16 * num_bins`` bytes per image, see :mod:`anomaly_diff.metrics.binned` for its error.
+    pixel of the largest category plus about ``80 * chunk_size`` bytes for sorting a chunk and its curve (see
+    :mod:`anomaly_diff.metrics.exact`). Binned mode: ``16 * num_bins`` bytes per image, see
+    :mod:`anomaly_diff.metrics.binned` for its error. experiments/results/metrics.md has measurements.
 
     Args:
         num_bins: ``None`` for exact pixel metrics; an integer ``>= 2`` for pixel metrics over that many equal
@@ -80,7 +81,7 @@ class AnomalyMetrics(Metric):
         score_range: ``(low, high)`` of the bins in binned mode; pixel scores outside it are clamped into the end
             bins (with a warning). Defaults to ``(0.0, 1.0)``.
         aupro_fpr_limit: The FPR up to which the PRO curve is integrated. Defaults to 0.3.
-        chunk_size: The most scores sorted at once in exact mode. Defaults to ``2**24``.
+        chunk_size: The most scores sorted at once in exact mode. Defaults to ``2**22``.
         **kwargs: Passed to ``torchmetrics.Metric`` (e.g. ``process_group``).
 
     Example:
@@ -97,7 +98,7 @@ class AnomalyMetrics(Metric):
         num_bins: int | None = None,
         score_range: tuple[float, float] = (0.0, 1.0),
         aupro_fpr_limit: float = 0.3,
-        chunk_size: int = 1 << 24,
+        chunk_size: int = 1 << 22,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)

@@ -5,8 +5,9 @@ equal floats give equal keys and the order is kept, and PyTorch sorts int32 on t
 float32 (0.24 s against 1.5 s for 11 M values here). When a set of scores exceeds ``chunk_size``, a histogram of the
 top 20 key bits splits the key range into chunks of at most ``chunk_size`` scores, which are then sorted one after
 the other from the highest down. A single 20-bit bin holding more than ``chunk_size`` scores (for example a
-constant map) has at most 4096 distinct values and is counted with ``bincount`` instead of sorted. Peak memory is
-therefore about 33 bytes times ``chunk_size``, whatever the number of scores.
+constant map) has at most 4096 distinct values and is counted with ``bincount`` instead of sorted. A chunk's sort
+takes about 33 bytes per score and its curve arrays (:mod:`.curve`) up to about 50, so peak memory is about
+``80 * chunk_size`` bytes (340 MB at the default ``2**22``), whatever the number of scores.
 """
 
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def floats_to_keys_(values: Tensor) -> Tensor:
 
 
 def exact_threshold_counts(
-    keys: Tensor, codes: Tensor, overlap_weights: Tensor | None = None, chunk_size: int = 1 << 24
+    keys: Tensor, codes: Tensor, overlap_weights: Tensor | None = None, chunk_size: int = 1 << 22
 ) -> Iterator[ThresholdCounts]:
     """Yield the counts at every distinct score, highest first, one sorted chunk at a time.
 
@@ -62,7 +63,7 @@ def exact_threshold_counts(
             when ``overlap_weights`` is given).
         overlap_weights: ``(R + 1,)`` float64, the overlap a positive pixel of region ``c`` adds
             (``1 / |region c|``), with ``overlap_weights[0] == 0``; ``None`` to skip region overlaps.
-        chunk_size: The most scores sorted at once. Defaults to ``2**24``.
+        chunk_size: The most scores sorted at once. Defaults to ``2**22``.
 
     Yields:
         :class:`ThresholdCounts` of consecutive distinct scores, in decreasing order over all chunks.
@@ -147,7 +148,7 @@ def _group_sums(
     negatives = torch.bincount(group[~positive], minlength=groups)
     overlaps = None
     if overlap_weights is not None:
-        overlaps = torch.bincount(group, weights=overlap_weights[codes.long()], minlength=groups)
+        overlaps = torch.bincount(group, weights=overlap_weights[codes], minlength=groups)
     return positives, negatives, overlaps
 
 
