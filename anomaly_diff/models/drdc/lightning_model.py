@@ -25,6 +25,7 @@ from anomaly_diff.diffusion.inpainting import InpaintInit, MaskLayout
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import gaussian_blur, image_score
 from anomaly_diff.models.components.backbone import DEFAULT_WEIGHTS, FeatureExtractor
+from anomaly_diff.models.components.sample_cache import SampleCache
 from anomaly_diff.models.drdc.base_model import BaseReconstructor
 from anomaly_diff.models.drdc.fusion import FusionMode, TemporalFusion, aggregate_refinement, fuse
 from anomaly_diff.models.drdc.torch_model import DiffusionRefiner, HeatmapMode
@@ -55,6 +56,9 @@ class DRDCBase(AnomalyModule):
         jitter_prob: Feature-jitter probability. Defaults to 1.
         blur_sigma: Gaussian blur of the map in pixels of the image. Defaults to 4.
         top_k: Pixels averaged into the image score (1 = maximum). Defaults to 1.
+        cache_features: Extract each training/validation image's frozen features once and reuse them (keyed by
+            the image path) in later epochs. Only valid with a deterministic training transform, as in this
+            project's datamodules. Defaults to False.
         optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
         scheduler: Optional learning-rate scheduler factory.
     """
@@ -78,6 +82,7 @@ class DRDCBase(AnomalyModule):
         jitter_prob: float = 1.0,
         blur_sigma: float = 4.0,
         top_k: int = 1,
+        cache_features: bool = False,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -101,11 +106,15 @@ class DRDCBase(AnomalyModule):
         )
         self.blur_sigma = blur_sigma
         self.top_k = top_k
+        self.feature_cache = SampleCache() if cache_features else None
 
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         """MSE between the reconstructed and the frozen features (jittered input while training)."""
-        reconstruction, features = self.model(batch["image"])
-        return {"loss": F.mse_loss(reconstruction, features)}
+        if self.feature_cache is None:
+            features = self.model.extract(batch["image"])
+        else:
+            features = self.feature_cache(batch["path"], batch["image"], self.model.extract)
+        return {"loss": F.mse_loss(self.model.reconstruct(features), features)}
 
     def base_heatmap(self, image: Tensor) -> Tensor:
         """The blurred, upsampled feature-reconstruction error of ``(B, 3, H, W)`` images: ``(B, H, W)``."""

@@ -205,19 +205,19 @@ class DiffusionRefiner(nn.Module):
         return sets.to(device)
 
     @torch.no_grad()
-    def forward_refinement(self, image: Tensor, class_index: Tensor) -> RefinementOutput:
-        """Inpaint every configuration of a batch and compute its correction heatmaps.
+    def inpaint(self, image: Tensor, class_index: Tensor) -> Tensor:
+        """Inpaint the disjoint mask sets of every configuration over the selected timesteps.
 
         Args:
             image: ``(B, 3, H, W)`` images in ``[0, 1]``.
             class_index: ``(B,)`` class of each image.
 
         Returns:
-            The inpaintings and heatmaps (:class:`RefinementOutput`).
+            ``(K, n_t, B, 3, H, W)`` assembled inpaintings in ``[-1, 1]``.
         """
         x = image * 2 - 1
         height, width = x.shape[-2:]
-        inpainted = torch.stack([
+        return torch.stack([
             inpaint_disjoint(
                 self.guided_noise,
                 x,
@@ -229,8 +229,31 @@ class DiffusionRefiner(nn.Module):
             )
             for size in self.patch_sizes
         ])
+
+    def heatmaps(self, image: Tensor, inpainted: Tensor) -> Tensor:
+        """Correction heatmaps of inpaintings from :meth:`inpaint`.
+
+        Args:
+            image: ``(B, 3, H, W)`` images in ``[0, 1]``.
+            inpainted: ``(K, n_t, B, 3, H, W)`` their inpaintings in ``[-1, 1]``.
+
+        Returns:
+            ``(B, K, n_t, S, H, W)`` heatmaps per configuration, timestep and scale.
+        """
         flat = inpainted.flatten(0, 2)
-        reference = x.repeat(flat.shape[0] // x.shape[0], 1, 1, 1)
-        heatmaps = correction_heatmaps(reference, flat, self.filter_size, self.scales, self.heatmap_mode)
-        heatmaps = heatmaps.unflatten(0, inpainted.shape[:3]).permute(2, 0, 1, 3, 4, 5)
-        return RefinementOutput(inpainted=inpainted, heatmaps=heatmaps)
+        reference = (image * 2 - 1).repeat(flat.shape[0] // image.shape[0], 1, 1, 1)
+        maps = correction_heatmaps(reference, flat, self.filter_size, self.scales, self.heatmap_mode)
+        return maps.unflatten(0, inpainted.shape[:3]).permute(2, 0, 1, 3, 4, 5)
+
+    def forward_refinement(self, image: Tensor, class_index: Tensor) -> RefinementOutput:
+        """Inpaint every configuration of a batch and compute its correction heatmaps.
+
+        Args:
+            image: ``(B, 3, H, W)`` images in ``[0, 1]``.
+            class_index: ``(B,)`` class of each image.
+
+        Returns:
+            The inpaintings and heatmaps (:class:`RefinementOutput`).
+        """
+        inpainted = self.inpaint(image, class_index)
+        return RefinementOutput(inpainted=inpainted, heatmaps=self.heatmaps(image, inpainted))

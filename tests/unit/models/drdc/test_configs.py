@@ -1,0 +1,91 @@
+"""Every DRDC config, at its full model size, runs one training step and one test batch on CPU through the CLI.
+
+The data is swapped for tiny 64 px fixtures in the config's own format (the embedded generator at 64 px, MVTec AD
+and BTAD layouts); models, schedules and test-time settings stay as the configs give them.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomaly_diff.cli import main
+from tests.helpers.data import write_btad, write_mvtec_ad
+
+REPO = Path(__file__).resolve().parents[4]
+CONFIGS = REPO / "configs" / "drdc"
+DATASETS = ["embedded", "mvtec", "btad"]
+
+pytestmark = pytest.mark.slow
+
+
+def data_overrides(dataset: str, root: Path) -> list[str]:
+    if dataset == "mvtec":
+        write_mvtec_ad(root, n_train=3, n_good=1, n_defect=1, size=64)
+    elif dataset == "btad":
+        write_btad(root, n_train=3, n_good=1, n_defect=1, size=64)
+    overrides = [f"--data.init_args.root={root}", "--data.init_args.image_size=64", "--data.init_args.crop_size=64",
+                 "--data.init_args.batch_size=2", "--data.init_args.eval_batch_size=1",
+                 "--data.init_args.num_workers=0"]
+    if dataset == "embedded":
+        overrides += ["--data.init_args.generated_size=64", "--data.init_args.num_train=3",
+                      "--data.init_args.num_test_good=1", "--data.init_args.num_test_defective=1"]
+    return overrides
+
+
+def run(config: Path, tmp_path: Path, name: str, data: list[str], *extra: str) -> Path:
+    """``fit`` one step then test one batch; returns the run directory."""
+    main([
+        "fit", "--config", str(config), *data, *extra,
+        "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=0", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        f"--trainer.logger.init_args.name={name}", f"--checkpoint.dirpath={tmp_path / name}",
+    ])
+    (run_dir,) = (tmp_path / "runs" / name).iterdir()
+    return run_dir
+
+
+def check(run_dir: Path, checkpoint: Path) -> dict:
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 1
+    results = json.loads((run_dir / "metrics.json").read_text())
+    assert len(results["per_category"]) == 1  # one test batch of one image
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
+
+
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory):
+    """Both stage configs of every data set, each trained one step; their run dirs and checkpoints."""
+    runs = {}
+    for dataset in DATASETS:
+        tmp_path = tmp_path_factory.mktemp(dataset)
+        data = data_overrides(dataset, tmp_path / "data")
+        for stage in ("base", "refinement"):
+            run_dir = run(CONFIGS / stage / f"{dataset}.yaml", tmp_path, stage, data)
+            runs[dataset, stage] = (run_dir, tmp_path / stage / "last.ckpt")
+        runs[dataset, "data"] = (tmp_path, data)
+    return runs
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_base_config_trains_one_step_and_tests_one_batch(stage_runs, dataset):
+    hparams = check(*stage_runs[dataset, "base"])
+    assert hparams["backbone"] == "tf_efficientnet_lite0"
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_refinement_config_trains_one_step_and_tests_one_batch(stage_runs, dataset):
+    hparams = check(*stage_runs[dataset, "refinement"])
+    assert hparams["num_train_timesteps"] == 1000
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dataset):
+    tmp_path, data = stage_runs[dataset, "data"]
+    _, base = stage_runs[dataset, "base"]
+    _, refinement = stage_runs[dataset, "refinement"]
+    run_dir = run(CONFIGS / f"{dataset}.yaml", tmp_path, "combined", data,
+                  f"--model.init_args.base_checkpoint={base}", f"--model.init_args.refinement_checkpoint={refinement}")
+    hparams = check(run_dir, tmp_path / "combined" / "last.ckpt")
+    assert hparams["num_sets"] >= 2 and hparams["gamma"] >= 0
