@@ -78,14 +78,12 @@ def exact_threshold_counts(
         if oversized:
             yield _single_bin_counts(keys, codes, overlap_weights, low, scan)
         else:
-            selected = [
-                (k[inside], c[inside])
-                for k, c in zip(keys.split(scan), codes.split(scan), strict=True)
-                for inside in [(k >= low) & (k <= high)]
-            ]
-            yield _sorted_counts(
-                torch.cat([k for k, _ in selected]), torch.cat([c for _, c in selected]), overlap_weights
-            )
+            chunk_keys, chunk_codes = [], []
+            for k, c in zip(keys.split(scan), codes.split(scan), strict=True):
+                inside = (k >= low) & (k <= high)
+                chunk_keys.append(k[inside])
+                chunk_codes.append(c[inside])
+            yield _sorted_counts(torch.cat(chunk_keys), torch.cat(chunk_codes), overlap_weights)
 
 
 def _plan_chunks(keys: Tensor, scan: int, chunk_size: int) -> Iterator[tuple[int, int, bool]]:
