@@ -4,20 +4,21 @@ The data is swapped for tiny 64 px fixtures in the config's own format (the embe
 and BTAD layouts); models, schedules and test-time settings stay as the configs give them.
 """
 
+import inspect
 import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from anomaly_diff.cli import main
+from anomaly_diff.models.drdc import DRDC
 from tests.helpers.data import write_btad, write_mvtec_ad
 
 REPO = Path(__file__).resolve().parents[4]
 CONFIGS = REPO / "configs" / "drdc"
 DATASETS = ["embedded", "mvtec", "btad"]
-
-pytestmark = pytest.mark.slow
 
 
 def data_overrides(dataset: str, root: Path) -> list[str]:
@@ -68,18 +69,21 @@ def stage_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_base_config_trains_one_step_and_tests_one_batch(stage_runs, dataset):
     hparams = check(*stage_runs[dataset, "base"])
     assert hparams["backbone"] == "tf_efficientnet_lite0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_refinement_config_trains_one_step_and_tests_one_batch(stage_runs, dataset):
     hparams = check(*stage_runs[dataset, "refinement"])
     assert hparams["num_train_timesteps"] == 1000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dataset):
     tmp_path, data = stage_runs[dataset, "data"]
@@ -89,3 +93,20 @@ def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dat
                   f"--model.init_args.base_checkpoint={base}", f"--model.init_args.refinement_checkpoint={refinement}")
     hparams = check(run_dir, tmp_path / "combined" / "last.ckpt")
     assert hparams["num_sets"] >= 2 and hparams["gamma"] >= 0
+
+
+def test_sweep_sweeps_drdc_arguments_and_its_command_parses(capsys):
+    sweep = yaml.safe_load((REPO / "configs" / "sweeps" / "drdc.yaml").read_text())
+    arguments = inspect.signature(DRDC).parameters
+    names = [key.removeprefix("model.init_args.") for key in sweep["parameters"]]
+    assert {"num_timesteps", "start_timestep", "num_sets", "filter_size", "gamma"} <= set(names) <= set(arguments)
+    command = sweep["command"]
+    assert command[:2] == ["${env}", "anomaly-diff"] and command[-1] == "${args}"
+    first = [f"--{key}={spec['values'][0]}" for key, spec in sweep["parameters"].items()]
+    fixed = [str(REPO / arg) if arg.endswith(".yaml") else arg for arg in command[2:-1]]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*fixed, *first, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["num_timesteps"] == 1
+    assert printed["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
