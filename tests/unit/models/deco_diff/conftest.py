@@ -1,8 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from torch import nn
+
+from tests.helpers.models import save_tiny_autoencoder
 
 
 class PoolingCodec(nn.Module):
@@ -23,19 +24,7 @@ def pooling_codec():
 @pytest.fixture(scope="session")
 def tiny_autoencoder_dir(tmp_path_factory):
     """A randomly initialised 8x-downsampling AutoencoderKL saved with save_pretrained, as the CLI would load it."""
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-        scaling_factor=0.5,
-    )
-    path = tmp_path_factory.mktemp("autoencoder")
-    vae.save_pretrained(path)
-    return path
+    return save_tiny_autoencoder(tmp_path_factory.mktemp("autoencoder"))
 
 
 def _make_batch(categories, size=64, seed=0):
