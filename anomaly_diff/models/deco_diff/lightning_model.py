@@ -2,7 +2,6 @@
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EMAWeightAveraging
@@ -14,6 +13,7 @@ from anomaly_diff.diffusion.deviation import corrupt, deviation_target
 from anomaly_diff.diffusion.masks import sample_patch_corruption
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.autoencoder import LatentCodec
+from anomaly_diff.models.components.sample_cache import SampleCache
 from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig, DeCoDiffModel, DeCoDiffOutput, UNetPreset
 
 
@@ -92,7 +92,7 @@ class DeCoDiff(AnomalyModule):
         self.max_shuffle_ratio = max_shuffle_ratio
         self.ema_decay = ema_decay
         self.cache_latents = cache_latents
-        self._latent_cache: dict[str, Tensor] = {}
+        self._latent_cache = SampleCache()
 
     def configure_callbacks(self) -> list[Callback]:
         """Add the EMA callback when ``ema_decay`` is set."""
@@ -113,11 +113,7 @@ class DeCoDiff(AnomalyModule):
 
     def encode_cached(self, batch: Batch) -> Tensor:
         """Latents ``(B, C, h, w)`` of a batch, encoding only the images not seen before (keyed by path)."""
-        missing = [i for i, path in enumerate(batch["path"]) if path not in self._latent_cache]
-        if missing:
-            encoded = self.model.codec.encode(batch["image"][missing])
-            self._latent_cache.update(zip([batch["path"][i] for i in missing], encoded, strict=True))
-        return torch.stack([self._latent_cache[path] for path in batch["path"]])
+        return self._latent_cache(batch["path"], batch["image"], self.model.codec.encode)
 
     def detect(self, batch: Batch) -> DeCoDiffOutput:
         """Run the test-time correction on a batch, conditioned on each image's true category."""
