@@ -35,20 +35,21 @@ def overlay_panel(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray, 
 
 
 class HeatmapWriter(Callback):
-    """Write overlay PNGs of the first test images of each category to ``<run dir>/heatmaps/<category>/``.
+    """Write overlay PNGs of the first test images of each category and defect type to ``<run dir>/heatmaps/``.
 
     All pictures of a run share one colour scale (the minimum and the 99.9th percentile of the collected
     maps), so a hot colour means the same score in every picture.
 
     Args:
-        per_category: How many normal and how many anomalous images to draw per category. Defaults to 3.
+        per_category: How many images to draw per category and defect type (the image's folder, ``good`` for
+            normal ones). Defaults to 3.
     """
 
     def __init__(self, per_category: int = 3) -> None:
         if per_category < 0:
             raise ValueError(f"heatmaps.per_category must be >= 0, got {per_category}")
         self.per_category = per_category
-        self._samples: dict[tuple[str, int], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
+        self._samples: dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Forget the samples of an earlier test run."""
@@ -63,9 +64,9 @@ class HeatmapWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the first ``per_category`` normal and anomalous samples of each category."""
-        for i, (category, label) in enumerate(zip(batch["category"], batch["label"].tolist(), strict=True)):
-            kept = self._samples[(category, label)]
+        """Keep the first ``per_category`` samples of each category and defect type."""
+        for i, (category, path) in enumerate(zip(batch["category"], batch["path"], strict=True)):
+            kept = self._samples[(category, Path(path).parent.name)]
             if len(kept) < self.per_category:
                 kept.append(
                     (

@@ -35,7 +35,7 @@ def fake_batch(categories, labels, size=8):
     }
 
 
-def test_writer_keeps_per_category_and_label_and_writes_pngs(tmp_path):
+def test_writer_keeps_per_category_and_defect_type_and_writes_pngs(tmp_path):
     writer = HeatmapWriter(per_category=1)
     trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
     writer.on_test_epoch_start(trainer, None)
