@@ -6,6 +6,11 @@ Needs the two stage checkpoints of the embedded configs:
     anomaly-diff fit --config configs/drdc/refinement/embedded.yaml
     python experiments/drdc_ablation.py [--limit-batches N]
 
+The last two rows use a second base checkpoint with UniAD's token geometry, if present:
+
+    anomaly-diff fit --config configs/drdc/base/embedded.yaml --model.init_args.input_size=224 \\
+        --model.init_args.neighbourhood=7 --checkpoint.dirpath=.cache/drdc/embedded/base_224
+
 Writes experiments/results/drdc_ablation.md and .json. Every row changes one choice of the default setting
 (``DEFAULT``, the values of configs/drdc/embedded.yaml) and is scored on the whole embedded test set (150 images,
 64 px) with the shared metrics (mean over the 5 categories).
@@ -22,6 +27,7 @@ from dataclasses import replace
 
 import torch
 from drdc_common import (
+    BASE_224_CKPT,
     HEADER,
     RESULTS,
     Setting,
@@ -37,16 +43,17 @@ from drdc_common import (
     test_batches,
 )
 
+from anomaly_diff.models.drdc import DRDCBase
 from anomaly_diff.utils.io import atomic_write_text
 
 DEFAULT = Setting()
 
 # (name, setting, what changes) — one design choice each, against DEFAULT.
 CHOICES = [
-    ("heatmap: smoothed residual mean_m(abs(r))", replace(DEFAULT, heatmap_mode="residual"),
-     "no high-pass: low-frequency differences count too"),
+    ("heatmap: high-pass mean_m(abs(r - mean_m(r)))", replace(DEFAULT, heatmap_mode="highpass"),
+     "only the detail a mean filter of size m removes"),
     ("temporal: last timestep only", replace(DEFAULT, temporal="last"), "no temporal fusion"),
-    ("scales: 1 and 2", replace(DEFAULT, scales=(1, 2)), "adds the heatmap of the 2x down-sampled residual"),
+    ("scales: full resolution only", replace(DEFAULT, scales=(1,)), "no heatmap of the 2x down-sampled residual"),
     ("inpainting configurations: squares 4 and 8", replace(DEFAULT, patch_sizes=(4, 8)),
      "fuses a second mask configuration"),
     ("inpainting configurations: squares 8 and 16", replace(DEFAULT, patch_sizes=(8, 16)),
@@ -55,11 +62,14 @@ CHOICES = [
     ("start of hidden region: pure noise", DEFAULT.with_sampling(init="noise"), "RePaint's start instead of SDEdit's"),
     ("no inpainting (n_s = 1)", DEFAULT.with_sampling(num_sets=1),
      "every pixel hidden at once: plain noise-and-denoise reconstruction"),
-    ("test-time condition: none (w = 0)", DEFAULT.with_sampling(guidance_scale=0.0), "null class, unconditional"),
-    ("test-time condition: CFG w = 2", DEFAULT.with_sampling(guidance_scale=2.0), "classifier-free guidance"),
-    ("test-time condition: CFG w = 4", DEFAULT.with_sampling(guidance_scale=4.0), "classifier-free guidance"),
-    ("fusion: additive, gamma = 1", replace(DEFAULT, fusion="additive"), "base + gamma * refinement"),
-    ("fusion: additive, gamma = 10", replace(DEFAULT, fusion="additive", gamma=10.0), "base + gamma * refinement"),
+    ("test-time condition: none, unconditional (w = 0)", DEFAULT.with_sampling(guidance_scale=0.0),
+     "null class: neither model nor test-time conditioning"),
+    ("test-time condition: class only (w = 1)", DEFAULT.with_sampling(guidance_scale=1.0),
+     "model conditioning without guidance"),
+    ("test-time condition: CFG w = 4", DEFAULT.with_sampling(guidance_scale=4.0), "stronger guidance"),
+    ("fusion: additive, gamma = 16", replace(DEFAULT, fusion="additive"), "base + gamma * refinement"),
+    ("fusion: additive, gamma = 720", replace(DEFAULT, fusion="additive", gamma=720.0),
+     "base + gamma * refinement, gamma = 16 x the mean base map value (about 45)"),
 ]
 
 
@@ -91,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     add("base + refinement fused (default)", fused, DEFAULT, "configs/drdc/embedded.yaml")
     for name, setting, note in CHOICES:
         add(name, fused_maps(base, correction_maps(setting, batches), setting)[1], setting, note)
+    if BASE_224_CKPT.is_file():
+        uniad = DRDCBase.load_from_checkpoint(BASE_224_CKPT, map_location="cpu", weights_only=False).eval()
+        uniad_base = base_maps(uniad, batches)
+        note = "UniAD's geometry: 224 px backbone input, 14 x 14 tokens, 7 x 7 mask (instead of 128, 8 x 8, 5 x 5)"
+        add("base alone, 224 px / 14 x 14 tokens", uniad_base, None, note)
+        add("fused with the 224 px base", fused_maps(uniad_base, default_corrections, DEFAULT)[1], DEFAULT, note)
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     default = DEFAULT.describe()

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 CACHE = REPO / ".cache" / "drdc" / "experiments"
 BASE_CKPT = REPO / ".cache" / "drdc" / "embedded" / "base" / "last.ckpt"
+BASE_224_CKPT = REPO / ".cache" / "drdc" / "embedded" / "base_224" / "last.ckpt"
 REFINEMENT_CKPT = REPO / ".cache" / "drdc" / "embedded" / "refinement" / "last.ckpt"
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRC", "pixel_AUPRO")
 
@@ -46,7 +47,7 @@ class Sampling:
     patch_size: int = 8
     mask_layout: str = "interleaved"
     init: str = "noised_input"
-    guidance_scale: float = 1.0
+    guidance_scale: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,11 @@ class Setting:
 
     sampling: Sampling = field(default_factory=Sampling)
     patch_sizes: tuple[int, ...] = (8,)
-    filter_size: int = 5
-    scales: tuple[int, ...] = (1,)
-    heatmap_mode: str = "highpass"
+    filter_size: int = 9
+    scales: tuple[int, ...] = (1, 2)
+    heatmap_mode: str = "residual"
     temporal: str = "mean"
-    gamma: float = 1.0
+    gamma: float = 16.0
     fusion: str = "multiplicative"
 
     def with_sampling(self, **changes) -> Setting:

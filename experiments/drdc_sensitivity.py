@@ -38,8 +38,8 @@ GRID = {
     "n_t (num_timesteps)": [(v, DEFAULT.with_sampling(num_timesteps=v)) for v in (1, 2, 5, 10)],
     "t_{n_t} (start_timestep)": [(v, DEFAULT.with_sampling(start_timestep=v)) for v in (25, 50, 100, 200, 300)],
     "n_s (num_sets)": [(v, DEFAULT.with_sampling(num_sets=v)) for v in (1, 2, 4, 9)],
-    "m (filter_size)": [(v, replace(DEFAULT, filter_size=v)) for v in (1, 3, 5, 9, 15)],
-    "gamma": [(v, replace(DEFAULT, gamma=v)) for v in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)],
+    "m (filter_size)": [(v, replace(DEFAULT, filter_size=v)) for v in (1, 3, 5, 9, 15, 21)],
+    "gamma": [(v, replace(DEFAULT, gamma=v)) for v in (0.0, 1.0, 4.0, 16.0, 64.0, 256.0)],
 }
 
 

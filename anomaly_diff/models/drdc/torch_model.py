@@ -126,10 +126,10 @@ class DiffusionRefiner(nn.Module):
         patch_sizes: Sequence[int] = (8,),
         mask_layout: MaskLayout = "interleaved",
         init: InpaintInit = "noised_input",
-        guidance_scale: float = 1.0,
-        filter_size: int = 5,
-        scales: Sequence[int] = (1,),
-        heatmap_mode: HeatmapMode = "highpass",
+        guidance_scale: float = 2.0,
+        filter_size: int = 9,
+        scales: Sequence[int] = (1, 2),
+        heatmap_mode: HeatmapMode = "residual",
         mask_seed: int = 0,
     ) -> None:
         super().__init__()

@@ -117,7 +117,7 @@ def test_combined_predict_step_returns_every_component(stages):
     out = model.predict_step(batch(), 0)
     assert set(out) == {"anomaly_map", "pred_score", "base_map", "refinement_map", "correction_maps", "path",
                         "category"}
-    assert out["correction_maps"].shape == (2, 1, 2, 1, 16, 16)
+    assert out["correction_maps"].shape == (2, 1, 2, 2, 16, 16)  # default scales (1, 2)
     assert set(model.test_step(batch(), 0)) == {"anomaly_map", "pred_score"}
 
 

@@ -92,13 +92,13 @@ def test_refining_a_defect_free_image_with_a_perfect_model_gives_a_near_zero_map
 
 
 def test_a_defect_the_model_does_not_reconstruct_lights_up_the_map_there():
-    refiner = tiny(filter_size=3)
+    refiner = tiny(filter_size=3, scales=(1,), heatmap_mode="highpass")
     clean = torch.full((1, 3, 16, 16), 0.5)
     defective = clean.clone()
     defective[..., 6:9, 6:9] = 1.0
     refiner.unet = OracleUNet(clean * 2 - 1, refiner.schedule)
     heatmaps = refiner.forward_refinement(defective, torch.tensor([0])).heatmaps
-    expected = correction_heatmaps(defective * 2 - 1, clean * 2 - 1, 3, (1,))
+    expected = correction_heatmaps(defective * 2 - 1, clean * 2 - 1, 3, (1,), "highpass")
     torch.testing.assert_close(heatmaps[0, 0, 1], expected[0], atol=1e-4, rtol=0)
     inside, outside = heatmaps[0, 0, -1, 0, 6:9, 6:9].min(), heatmaps[0, 0, -1, 0, :, 12:].max()
     assert inside > 0.1 and outside < 1e-4
