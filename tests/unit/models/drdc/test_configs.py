@@ -6,6 +6,8 @@ and BTAD layouts); models, schedules and test-time settings stay as the configs 
 
 import inspect
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,14 +38,18 @@ def data_overrides(dataset: str, root: Path) -> list[str]:
 
 
 def run(config: Path, tmp_path: Path, name: str, data: list[str], *extra: str) -> Path:
-    """``fit`` one step then test one batch; returns the run directory."""
-    main([
-        "fit", "--config", str(config), *data, *extra,
+    """``fit`` one step then test one batch through the command line, in its own process; returns the run directory.
+
+    A fresh process per run: inside the full suite the in-process runs evaluated the whole test set despite
+    ``limit_test_batches=1`` (an order-dependent leak still to be found; alone they pass either way).
+    """
+    subprocess.run([
+        sys.executable, "-m", "anomaly_diff", "fit", "--config", str(config), *data, *extra,
         "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
         "--trainer.limit_val_batches=0", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
         f"--trainer.logger.init_args.name={name}", f"--checkpoint.dirpath={tmp_path / name}",
-    ])
+    ], check=True, cwd=REPO)
     (run_dir,) = (tmp_path / "runs" / name).iterdir()
     return run_dir
 
