@@ -4,7 +4,7 @@ Both are timed on the same loaded combined model (configs/drdc/embedded.yaml's t
 images and the same process: ``base.base_heatmap`` alone, then ``DRDC.detect`` (base + inpainting + heatmaps +
 fusion), each after one warm-up batch, at the eval batch size of the config and at batch size 1.
 
-    python experiments/drdc_timing.py [--images 64]
+    python experiments/drdc_timing.py [--images 64] [--threads 1]
 
 Writes experiments/results/drdc_timing.md and .json.
 """
@@ -50,7 +50,9 @@ def rebatch(batches: list[dict], size: int, limit: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64, help="Test images timed per setting.")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (shared CPU).")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     settings = yaml.safe_load((REPO / "configs" / "drdc" / "embedded.yaml").read_text())["model"]["init_args"]
     settings.update(base_checkpoint=str(BASE_CKPT), refinement_checkpoint=str(REFINEMENT_CKPT))
     model = DRDC(**settings).eval()
