@@ -19,8 +19,11 @@ What it adds to a plain LightningCLI:
 
 import importlib
 import os
+import pickle
 import sys
+from pathlib import Path
 
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -29,9 +32,26 @@ from anomaly_diff.callbacks.evaluation import Evaluator
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
 from anomaly_diff.data.errors import DatasetError
 
-# Errors that describe bad input (data, weights, files): shown as one message, not a traceback.
-USER_ERRORS = (DatasetError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError,
-               FloatingPointError)
+
+class ConfigError(ValueError):
+    """A configured class refused its arguments, or a checkpoint does not fit the configuration.
+
+    The message names the argument or file and says what would be right.
+    """
+
+
+# Errors that describe bad input (data, weights, files, arguments): shown as one message, not a traceback.
+USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+               KeyError, FloatingPointError)
+
+# What an OSError about a path means for the user, appended to its message.
+_OS_ERROR_HINTS = {
+    NotADirectoryError: "a parent of this path is a file, not a directory; give a writable directory",
+    PermissionError: "this user may not read or write it; fix its permissions or give another path",
+    FileExistsError: "remove it or give another path",
+}
+# ckpt_path values that Lightning resolves itself instead of reading a file.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 
 
 def _import(class_path: str):
@@ -52,6 +72,28 @@ class AnomalyCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="After `fit`, test the best checkpoint in the same run."
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then check ``--ckpt_path`` before LightningCLI merges the checkpoint's hyper-parameters."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            _check_checkpoint(self.config[subcommand])
+
+    def instantiate_classes(self) -> None:
+        """Instantiate, showing a constructor's own error instead of jsonargparse's wrapper around it."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            chain = [error]
+            while chain[-1].__cause__ is not None and len(chain) < 20:
+                chain.append(chain[-1].__cause__)
+            own = next((cause for cause in chain if isinstance(cause, USER_ERRORS)), None)
+            if own is not None:
+                raise own from None
+            if len(chain) > 1 and isinstance(chain[-1], ValueError):  # a constructor's argument check
+                raise ConfigError(str(chain[-1])) from error
+            raise
 
     def before_instantiate_classes(self) -> None:
         """Fill ``model.init_args.categories`` from the datamodule when the config does not give it."""
@@ -86,6 +128,45 @@ class AnomalyCLI(LightningCLI):
             print(f"Run directory: {run_dir}", file=sys.stderr if self.trainer.logger is None else sys.stdout)
 
 
+def _check_checkpoint(config: Namespace) -> None:
+    """Raise unless ``ckpt_path`` (if given) is a file holding a checkpoint of the configured model class."""
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path or ckpt_path in _SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry"):
+        return
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--ckpt_path {ckpt_path} does not exist; give a checkpoint file (<run dir>/checkpoints/*.ckpt) or, "
+            "to resume a fit, 'last'"
+        )
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except pickle.UnpicklingError:  # holds objects that weights_only refuses: Lightning loads it itself
+        return
+    except Exception as error:  # zip, EOF and torch errors of many types
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} is not a readable checkpoint ({error}); give a .ckpt file written by a run"
+        ) from error
+    saved = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    model = config.get("model")
+    configured = model.get("class_path") if isinstance(model, Namespace) else None
+    if saved and configured and saved != configured:
+        raise ConfigError(
+            f"--ckpt_path {ckpt_path} is a checkpoint of {saved.rpartition('.')[2]} ({saved}) but the config's model "
+            f"is {configured.rpartition('.')[2]}; give a checkpoint of a {configured.rpartition('.')[2]} run or the "
+            "config that trained it"
+        )
+
+
+def _describe(error: BaseException) -> str:
+    """The one-line message of a user error."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, OSError) and error.filename and type(error) in _OS_ERROR_HINTS:
+        return f"{error.strerror or error}: {error.filename}; {_OS_ERROR_HINTS[type(error)]}"
+    return str(error)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``anomaly-diff`` and ``lightning`` console scripts.
 
@@ -105,6 +186,5 @@ def main(args: list[str] | None = None) -> None:
     except USER_ERRORS as error:
         if os.environ.get("ANOMALY_DIFF_TRACEBACK"):
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"anomaly-diff: error: {type(error).__name__}: {message}", file=sys.stderr)
+        print(f"anomaly-diff: error: {type(error).__name__}: {_describe(error)}", file=sys.stderr)
         raise SystemExit(1) from error

@@ -79,7 +79,7 @@ class HeatmapWriter(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the collected overlays on global rank zero."""
-        if not trainer.is_global_zero or not self._samples:
+        if not trainer.is_global_zero or not any(self._samples.values()):  # nothing kept (per_category=0)
             return
         maps = torch.from_numpy(np.stack([m for kept in self._samples.values() for _, _, m, _ in kept]))
         vmin = maps.min().item()

@@ -161,7 +161,8 @@ class AnomalyDataModule(LightningDataModule, ABC):
             if missing:
                 raise DatasetError(
                     f"no test images found for categories {missing} of {type(self).__name__} at {self.root}; "
-                    f"`{stage or 'test'}` needs each selected category's test split"
+                    f"`{getattr(stage, 'value', stage) or 'test'}` needs each selected category's test split; select "
+                    "only categories with test images (data.init_args.categories)"
                 )
 
     def _build_datasets(self) -> None:

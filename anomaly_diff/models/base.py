@@ -71,7 +71,10 @@ class AnomalyModule(LightningModule):
         lookup = {name: index for index, name in enumerate(self.categories)}
         unknown = sorted(set(categories) - lookup.keys())
         if unknown:
-            raise KeyError(f"unknown categories {unknown}: this model knows {self.categories}")
+            raise KeyError(
+                f"unknown categories {unknown}: this model knows {self.categories}; select only those "
+                "(data.init_args.categories) or train a model on the others"
+            )
         return torch.tensor([lookup[name] for name in categories], dtype=torch.long, device=self.device)
 
     @abstractmethod

@@ -338,6 +338,11 @@ class DRDC(AnomalyModule):
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
+        # Arguments first (cheap), then the checkpoints (slow to load).
+        if gamma < 0 or top_k < 1:
+            raise ValueError(f"model.gamma must be >= 0 ({gamma}) and model.top_k >= 1 ({top_k})")
+        if num_sets < 1:
+            raise ValueError(f"model.num_sets (n_s) must be >= 1, got {num_sets}")
         base = _load_stage(DRDCBase, "base_checkpoint", base_checkpoint, "base")
         refinement = _load_stage(
             DRDCRefinement,
@@ -366,8 +371,6 @@ class DRDC(AnomalyModule):
                 f"model.categories {unknown} are not among the checkpoints' categories {refinement.categories}"
             )
         super().__init__(refinement.categories, optimizer, scheduler)
-        if gamma < 0 or top_k < 1:
-            raise ValueError(f"model.gamma must be >= 0 ({gamma}) and model.top_k >= 1 ({top_k})")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.base = base
         self.refinement = refinement

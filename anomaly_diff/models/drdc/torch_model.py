@@ -140,6 +140,9 @@ class DiffusionRefiner(nn.Module):
             raise ValueError(
                 f"start_timestep={start_timestep} must lie in [0, num_train_timesteps={num_train_timesteps})"
             )
+        if num_sets < 1 or min(patch_sizes, default=1) < 1:
+            raise ValueError(f"num_sets={num_sets} and patch_sizes={list(patch_sizes)} must be >= 1 (n_s disjoint mask "
+                             "sets of squares of those sides)")
         if not patch_sizes or not scales or filter_size < 1 or guidance_scale < 0:
             raise ValueError(
                 f"need non-empty patch_sizes ({list(patch_sizes)}) and scales ({list(scales)}), filter_size >= 1 "
