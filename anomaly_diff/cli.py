@@ -14,6 +14,8 @@ What it adds to a plain LightningCLI:
 - ``fit`` tests the best checkpoint afterwards in the same run directory (``--test_after_fit=false`` turns it off).
 - The evaluation callback, the heatmap writer and the checkpointing are always attached and configured from the
   top-level config keys ``evaluator``, ``heatmaps`` and ``checkpoint``.
+- The run directory holds ``environment.json`` (seed, package versions) next to ``config.yaml``, and checkpoints
+  hold the random states, so ``fit --ckpt_path last`` continues exactly where the run stopped.
 - The run directory is printed at the end.
 """
 
@@ -25,11 +27,13 @@ from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from anomaly_diff.callbacks.evaluation import Evaluator
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
+from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.data.errors import DatasetError
 
 
@@ -94,6 +98,12 @@ class AnomalyCLI(LightningCLI):
             if len(chain) > 1 and isinstance(chain[-1], ValueError):  # a constructor's argument check
                 raise ConfigError(str(chain[-1])) from error
             raise
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """The configured trainer, plus the random states in checkpoints (exact resumes)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(RandomStateCheckpoint())
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         """Fill ``model.init_args.categories`` from the datamodule when the config does not give it."""
@@ -178,6 +188,7 @@ def main(args: list[str] | None = None) -> None:
         AnomalyCLI(
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=RunRecord,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"parser_mode": "omegaconf"},
             args=args,
