@@ -31,7 +31,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from anomaly_diff.callbacks.evaluation import Evaluator
+from anomaly_diff.callbacks.evaluation import Evaluator, InvalidSampleError
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.data.errors import DatasetError
@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 
 # Errors that describe bad input (data, weights, files, arguments): shown as one message, not a traceback.
 USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-               KeyError, FloatingPointError)
+               KeyError, FloatingPointError, InvalidSampleError)
 
 # What an OSError about a path means for the user, appended to its message.
 _OS_ERROR_HINTS = {

@@ -12,6 +12,13 @@ from anomaly_diff.metrics.report import to_csv, to_json, to_markdown, to_rich_ta
 from anomaly_diff.utils.io import atomic_write_text
 
 
+class InvalidSampleError(ValueError):
+    """A test or validation image cannot be scored (non-finite map or score, a mask or label out of range).
+
+    The message names the image's file; metrics are never computed over such a sample.
+    """
+
+
 class Evaluator(Callback):
     """Compute :class:`~anomaly_diff.metrics.AnomalyMetrics` over the test set (and optionally validation).
 
@@ -138,7 +145,7 @@ class Evaluator(Callback):
                 batch["index"] * num_loaders + dataloader_idx,  # unique across dataloaders
             )
         except SampleError as error:
-            raise ValueError(f"{stage} image {batch['path'][error.index]}: {error}") from error
+            raise InvalidSampleError(f"{stage} image {batch['path'][error.index]}: {error}") from error
 
     def _finish(self, stage: str, pl_module: LightningModule) -> dict[str, dict]:
         metric = self._metrics[stage]

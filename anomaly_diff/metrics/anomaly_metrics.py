@@ -39,6 +39,11 @@ PIXEL_METRICS = ("pixel_AUROC", "pixel_AUPRC", "pixel_F1max", "pixel_AUPRO")
 METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
 
 
+_NON_FINITE_HINT = (
+    "the model computed them (check its checkpoint for a diverged training, or run with --trainer.precision=32-true)"
+)
+
+
 class SampleError(ValueError):
     """A sample given to :meth:`AnomalyMetrics.update` is invalid.
 
@@ -386,8 +391,8 @@ def _validate(
     if sample_ids is not None and (sample_ids.is_floating_point() or bool((sample_ids < 0).any())):
         raise ValueError(f"sample_ids must be integers >= 0, got {sample_ids.tolist()}")
     checks = (
-        (~torch.isfinite(anomaly_maps).flatten(1).all(1), "its anomaly map has NaN or Inf values"),
-        (~torch.isfinite(image_scores), f"its image score is not finite: {image_scores.tolist()}"),
+        (~torch.isfinite(anomaly_maps).flatten(1).all(1), f"its anomaly map has NaN or Inf values; {_NON_FINITE_HINT}"),
+        (~torch.isfinite(image_scores), f"its image score is not finite: {image_scores.tolist()}; {_NON_FINITE_HINT}"),
         (((masks != 0) & (masks != 1)).flatten(1).any(1), "its mask has values other than 0 and 1"),
         ((image_labels != 0) & (image_labels != 1), f"its label is not 0 or 1: {image_labels.tolist()}"),
         ((image_labels == 0) & (masks != 0).flatten(1).any(1), "it is labelled normal (0) but its mask is not empty"),
