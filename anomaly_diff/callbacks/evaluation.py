@@ -1,5 +1,7 @@
 """The evaluation callback: anomaly metrics of what ``test_step`` returns, logged and written as result files."""
 
+import csv
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -7,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.loggers import log_resolved_config, wandb_loggers
 from anomaly_diff.metrics import AnomalyMetrics, SampleError
 from anomaly_diff.metrics.report import to_csv, to_json, to_markdown, to_rich_table
 from anomaly_diff.utils.io import atomic_write_text
@@ -30,7 +33,8 @@ class Evaluator(Callback):
     ``metrics_table.csv`` and ``metrics.md`` (per category plus a mean row) into the run directory
     (``trainer.log_dir``, else ``trainer.default_root_dir``) and prints the table. The CSV is not called
     ``metrics.csv`` because Lightning's ``CSVLogger`` owns that name in the same directory (it rewrites the file with
-    its own header and fails on a foreign one).
+    its own header and fails on a foreign one). With W&B loggers it also logs the table (the CSV's rows) as the
+    ``wandb.Table`` ``test/metrics_table`` and, at setup, the CLI's resolved config (``anomaly_diff.loggers``).
 
     Validation is evaluated only with ``evaluate_validation=True``: it needs anomalous validation images, and the
     models' ``validation_step`` returns no maps, so the callback calls ``pl_module.predict_anomaly(batch)``; it
@@ -66,6 +70,13 @@ class Evaluator(Callback):
         }
         self.results: dict[str, dict] | None = None
         self.validation_results: dict[str, dict] | None = None
+        self._config_logged_for: int | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Log the resolved config to the W&B loggers (once per trainer)."""
+        if self._config_logged_for != id(trainer):  # fit then test in one trainer: once
+            log_resolved_config(trainer)
+            self._config_logged_for = id(trainer)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start an empty metric on the module's device."""
@@ -89,9 +100,14 @@ class Evaluator(Callback):
         run_dir = Path(trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir)
         if trainer.is_global_zero:
             atomic_write_text(run_dir / "metrics.json", to_json(self.results))
-            atomic_write_text(run_dir / "metrics_table.csv", to_csv(self.results))
+            table = to_csv(self.results)
+            atomic_write_text(run_dir / "metrics_table.csv", table)
             atomic_write_text(run_dir / "metrics.md", to_markdown(self.results))
             Console().print(to_rich_table(self.results, title=f"Test metrics ({run_dir})"))
+            header, *rows = list(csv.reader(io.StringIO(table)))
+            for logger in wandb_loggers(trainer):
+                data = [[row[0], *(float(value) for value in row[1:])] for row in rows]
+                logger.log_table(key="test/metrics_table", columns=header, data=data)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start an empty metric when validation is evaluated."""

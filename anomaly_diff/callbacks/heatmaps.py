@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.loggers import wandb_loggers
 
 
 def overlay_panel(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -38,7 +39,8 @@ class HeatmapWriter(Callback):
     """Write overlay PNGs of the first test images of each category and defect type to ``<run dir>/heatmaps/``.
 
     All pictures of a run share one colour scale (the minimum and the 99.9th percentile of the collected
-    maps), so a hot colour means the same score in every picture.
+    maps), so a hot colour means the same score in every picture. With W&B loggers the same panels are also logged
+    as ``wandb.Image`` under ``test/heatmaps`` (captioned ``<category>/<defect>_<stem>``).
 
     Args:
         per_category: How many images to draw per category and defect type (the image's folder, ``good`` for
@@ -85,6 +87,7 @@ class HeatmapWriter(Callback):
         vmin = maps.min().item()
         vmax = torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999).item()
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "heatmaps"
+        panels, captions = [], []
         for (category, _), kept in self._samples.items():
             for path, image, anomaly_map, mask in kept:
                 name = f"{Path(path).parent.name}_{Path(path).stem}.png"
@@ -92,3 +95,7 @@ class HeatmapWriter(Callback):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 panel = overlay_panel(image, anomaly_map, mask, vmin, vmax)
                 cv2.imwrite(str(target), np.ascontiguousarray(panel[..., ::-1]))
+                panels.append(panel)
+                captions.append(f"{category}/{Path(name).stem}")
+        for logger in wandb_loggers(trainer):
+            logger.log_image(key="test/heatmaps", images=panels, caption=captions)
