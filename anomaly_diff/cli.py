@@ -116,6 +116,24 @@ class AnomalyCLI(LightningCLI):
             datamodule = _import(data.class_path)(**vars(data.get("init_args", Namespace())))
             model.init_args.categories = list(datamodule.categories)
 
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path last`` across the logger's run versions when no ``checkpoint.dirpath`` is fixed.
+
+        Lightning looks for ``last`` only in this run's checkpoint folder, which by default is inside the new run
+        directory (the next ``version_N``), so a resumed run would find nothing and silently start from scratch.
+        Here ``last`` becomes the newest ``<save_dir>/<name>/version_*/checkpoints/last.ckpt``; if there is none,
+        Lightning's behaviour is kept (a warning, then a fresh start).
+        """
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        checkpoint = self.trainer.checkpoint_callback
+        root = getattr(self.trainer.logger, "root_dir", None)
+        if config.get("ckpt_path") != "last" or checkpoint is None or checkpoint.dirpath is not None or root is None:
+            return
+        found = sorted(Path(root).glob("version_*/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+        if found:
+            config.ckpt_path = str(found[-1])
+            print(f"Resuming from {found[-1]}", file=sys.stderr)
+
     def after_fit(self) -> None:
         """Test the best (or last) checkpoint after training unless ``--test_after_fit=false``."""
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:

@@ -5,6 +5,7 @@ training a tiny autoencoder (random crops and sampled latents, so the random sta
 layout, then testing it.
 """
 
+import csv
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ def _config(tmp_path: Path, root: Path, max_epochs: int = 2, slow: float = 0.0) 
             "devices": 1,
             "deterministic": True,
             "max_epochs": max_epochs,
+            "log_every_n_steps": 1,
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "logger": {
@@ -46,7 +48,6 @@ def _config(tmp_path: Path, root: Path, max_epochs: int = 2, slow: float = 0.0) 
             },
             "callbacks": [{"class_path": "tests.helpers.callbacks.SlowEpochs", "init_args": {"seconds": slow}}],
         },
-        "checkpoint": {"dirpath": str(tmp_path / "checkpoints")},
         "heatmaps": {"per_category": 0},
     }
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -96,17 +97,19 @@ def test_same_seed_gives_identical_metrics_and_the_run_records_seed_and_versions
 
 @pytest.mark.slow
 def test_fit_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, data_root):
+    """Default layout (checkpoints inside each run directory): ``--ckpt_path last`` finds the killed run's."""
     epochs = 4
     reference = tmp_path / "reference"
     _cli("fit", "--config", str(_config(reference, data_root, epochs)))
 
     crashed = tmp_path / "crashed"
     config = _config(crashed, data_root, epochs, slow=2.0)
+    first_last = crashed / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(_command("fit", "--config", str(config)), cwd=REPO, env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not (crashed / "checkpoints" / "last.ckpt").is_file():
+        while not first_last.is_file():
             assert process.poll() is None, "the run ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.05)
@@ -118,15 +121,21 @@ def test_fit_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_p
         if process.poll() is None:
             process.kill()
     assert process.returncode == -signal.SIGKILL
-    killed_at = torch.load(crashed / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["epoch"]
-    assert killed_at < epochs - 1
-    assert not (_newest_run(crashed) / "metrics.json").exists()
+    killed = torch.load(first_last, weights_only=True, map_location="cpu")
+    assert killed["epoch"] < epochs - 1
+    assert not (first_last.parents[1] / "metrics.json").exists()
 
     _cli("fit", "--config", str(config), "--ckpt_path", "last")
     final = {}
     for name, out in (("reference", reference), ("resumed", crashed)):
-        checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-        metrics = json.loads((_newest_run(out) / "metrics.json").read_text())
-        final[name] = (checkpoint["epoch"], checkpoint["global_step"], metrics)
-    assert final["resumed"][:2] == final["reference"][:2] == (epochs - 1, final["reference"][1])
+        run = _newest_run(out)
+        checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+        final[name] = (checkpoint["epoch"], checkpoint["global_step"], json.loads((run / "metrics.json").read_text()))
+    assert _newest_run(crashed).name == "version_1"
+    # It resumed (a fresh start with the same seed would give the same result too): it logged only later steps.
+    with (_newest_run(crashed) / "metrics.csv").open() as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss")]
+    assert steps and min(steps) >= killed["global_step"]
+    assert final["resumed"][:2] == final["reference"][:2]
+    assert final["resumed"][0] == epochs - 1
     assert final["resumed"][2] == final["reference"][2]
