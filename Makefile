@@ -10,7 +10,7 @@ RUNS_DIR ?= runs
 EMBEDDED_AE := .cache/autoencoder/embedded
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint data bench bench-metrics bench-infer clean
+.PHONY: help install run test test-fast lint data bench bench-metrics bench-infer sweep clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ bench-metrics: $(INSTALLED) ## Time and peak memory of exact and binned metrics 
 
 bench-infer: $(INSTALLED) ## Images/s of DeCo-Diff inference, batch 1 and 16, fp32 and bf16
 	$(PY) experiments/bench_infer.py
+
+sweep: $(INSTALLED) ## Create the W&B sweep SWEEP=<file> (configs/sweeps/) and run an agent on it (needs W&B online)
+	@test -n "$(SWEEP)" || { echo "make sweep: give a sweep file: make sweep SWEEP=configs/sweeps/deco_diff.yaml" >&2; exit 2; }
+	$(PY) -m anomaly_diff.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT))
 
 clean: ## Remove caches and run directories (keeps .venv)
 	rm -rf $(RUNS_DIR) .cache .pytest_cache .ruff_cache lightning_logs wandb

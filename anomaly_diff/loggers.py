@@ -22,11 +22,20 @@ WANDB_HOST = "api.wandb.ai"
 
 
 def wandb_is_set_up() -> bool:
-    """Whether the user chose a W&B mode (``WANDB_MODE``) or has credentials (``WANDB_API_KEY`` or a netrc login).
+    """Whether the user chose a W&B mode (``WANDB_MODE``) or has credentials (:func:`has_wandb_login`).
 
-    Reads the environment and ``~/.netrc`` (``NETRC`` if set) only; never contacts W&B.
+    Reads the environment and ``~/.netrc`` only; never contacts W&B.
     """
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+    return bool(os.environ.get("WANDB_MODE")) or has_wandb_login()
+
+
+def has_wandb_login() -> bool:
+    """Whether W&B credentials are present (never contacts W&B).
+
+    That is ``WANDB_API_KEY``, or a netrc entry (``NETRC``, else ``~/.netrc``) for the W&B host (``WANDB_BASE_URL``,
+    else ``api.wandb.ai``) as ``wandb login`` writes it.
+    """
+    if os.environ.get("WANDB_API_KEY"):
         return True
     path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     host = os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}").split("://")[-1].rstrip("/")
