@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.loggers import wandb_loggers
+from anomaly_diff.utils.io import atomic_write_bytes
 
 
 def overlay_panel(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
@@ -94,7 +95,10 @@ class HeatmapWriter(Callback):
                 target = out_dir / category / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 panel = overlay_panel(image, anomaly_map, mask, vmin, vmax)
-                cv2.imwrite(str(target), np.ascontiguousarray(panel[..., ::-1]))
+                encoded, png = cv2.imencode(".png", np.ascontiguousarray(panel[..., ::-1]))
+                if not encoded:
+                    raise ValueError(f"OpenCV could not encode the heatmap panel of {path} as PNG")
+                atomic_write_bytes(target, png.tobytes())
                 panels.append(panel)
                 captions.append(f"{category}/{Path(name).stem}")
         for logger in wandb_loggers(trainer):

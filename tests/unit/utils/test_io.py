@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from anomaly_diff.utils.io import atomic_write_text
+from anomaly_diff.utils.io import atomic_write_bytes, atomic_write_text
 
 
 def test_writes_the_text_with_ordinary_permissions(tmp_path):
@@ -26,3 +26,9 @@ def test_failure_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_writes_bytes_atomically(tmp_path):
+    target = atomic_write_bytes(tmp_path / "panel.png", b"\x89PNG\r\n")
+    assert target.read_bytes() == b"\x89PNG\r\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["panel.png"]
