@@ -101,7 +101,7 @@ def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dat
     assert hparams["num_sets"] >= 2 and hparams["gamma"] >= 0
 
 
-def test_sweep_sweeps_drdc_arguments_and_its_command_parses(capsys):
+def test_sweep_sweeps_drdc_arguments_and_its_command_parses(capsys, monkeypatch):
     sweep = yaml.safe_load((REPO / "configs" / "sweeps" / "drdc.yaml").read_text())
     arguments = inspect.signature(DRDC).parameters
     names = [key.removeprefix("model.init_args.") for key in sweep["parameters"]]
@@ -109,10 +109,11 @@ def test_sweep_sweeps_drdc_arguments_and_its_command_parses(capsys):
     command = sweep["command"]
     assert command[:2] == ["${env}", "anomaly-diff"] and command[-1] == "${args}"
     first = [f"--{key}={spec['values'][0]}" for key, spec in sweep["parameters"].items()]
-    fixed = [str(REPO / arg) if arg.endswith(".yaml") else arg for arg in command[2:-1]]
+    fixed = command[2:-1]  # paths relative to the repository root, where an agent is started
+    monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_info:
         main([*fixed, *first, "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["init_args"]["num_timesteps"] == 1
-    assert printed["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+    assert printed["trainer"]["logger"][-1]["class_path"] == "anomaly_diff.loggers.WandbLogger"
