@@ -35,6 +35,7 @@ from anomaly_diff.callbacks.evaluation import Evaluator, InvalidSampleError
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.data.errors import DatasetError
+from anomaly_diff.loggers import run_directory
 
 
 class ConfigError(ValueError):
@@ -152,7 +153,7 @@ class AnomalyCLI(LightningCLI):
 
     def _print_run_directory(self) -> None:
         if self.trainer.is_global_zero:
-            run_dir = self.trainer.log_dir or self.trainer.default_root_dir
+            run_dir = run_directory(self.trainer)  # trainer.log_dir broadcasts: a hang on rank zero alone
             print(f"Run directory: {run_dir}", file=sys.stderr if self.trainer.logger is None else sys.stdout)
 
 

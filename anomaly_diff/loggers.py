@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -91,6 +92,23 @@ class WandbLogger(LightningWandbLogger):
     def version(self) -> str:
         """Empty: the run directory (:attr:`save_dir`) already names the run."""
         return ""
+
+
+def run_directory(trainer: Trainer) -> Path:
+    """The run directory ``trainer.log_dir`` names, without its broadcast: safe in code that runs on one rank.
+
+    ``Trainer.log_dir`` broadcasts from rank zero, a collective call that every process must make; called only on
+    global rank zero under DDP (in ``SaveConfigCallback.save_config``, after ``if trainer.is_global_zero``) it
+    waits forever for the other ranks. This reads the same directory on the calling process: the first logger's
+    ``log_dir`` (CSV, TensorBoard) or ``save_dir`` (others), else ``trainer.default_root_dir``.
+    """
+    if not hasattr(trainer, "loggers"):  # a stand-in trainer (tests): its log_dir is a plain attribute
+        return Path(getattr(trainer, "log_dir", None) or trainer.default_root_dir)
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    directory = logger.log_dir if isinstance(logger, (CSVLogger, TensorBoardLogger)) else logger.save_dir
+    return Path(directory if directory is not None else trainer.default_root_dir)
 
 
 def wandb_loggers(trainer: Trainer) -> list[LightningWandbLogger]:

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomaly_diff.data.batch import Batch, Prediction
-from anomaly_diff.loggers import wandb_loggers
+from anomaly_diff.loggers import run_directory, wandb_loggers
 from anomaly_diff.utils.io import atomic_write_bytes
 
 
@@ -87,7 +87,7 @@ class HeatmapWriter(Callback):
         maps = torch.from_numpy(np.stack([m for kept in self._samples.values() for _, _, m, _ in kept]))
         vmin = maps.min().item()
         vmax = torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999).item()
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "heatmaps"
+        out_dir = run_directory(trainer) / "heatmaps"  # not trainer.log_dir: it broadcasts (a hang on rank zero alone)
         panels, captions = [], []
         for (category, _), kept in self._samples.items():
             for path, image, anomaly_map, mask in kept:

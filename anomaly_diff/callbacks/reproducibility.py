@@ -14,7 +14,6 @@ import json
 import platform
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
+from anomaly_diff.loggers import run_directory
 from anomaly_diff.utils.io import atomic_write_text
 
 # Distributions whose versions change results (numerics, data loading, metrics).
@@ -77,7 +77,7 @@ class RunRecord(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Write ``<run dir>/environment.json`` atomically (called on global rank zero after ``config.yaml``)."""
         seed = self.config.get("seed_everything")
-        run_dir = Path(trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir)
+        run_dir = run_directory(trainer)  # not trainer.log_dir: it broadcasts, and only rank zero is here
         record = environment_record(seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
         atomic_write_text(run_dir / "environment.json", json.dumps(record, indent=2) + "\n")
 

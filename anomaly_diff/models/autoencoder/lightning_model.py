@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.loggers import run_directory
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import gaussian_blur, image_score
 
@@ -140,6 +141,7 @@ class Autoencoder(AnomalyModule):
         self.eval()
         self.fit_scaling_factor(self.trainer.datamodule.train_dataloader())
         self.train(was_training)
-        target = Path(self.export_dir) if self.export_dir else Path(self.trainer.log_dir or ".") / "autoencoder"
+        # run_directory, not trainer.log_dir: that broadcasts, and only rank zero is here (a hang under DDP)
+        target = Path(self.export_dir) if self.export_dir else run_directory(self.trainer) / "autoencoder"
         self.vae.save_pretrained(target)
         print(f"Autoencoder exported to {target} (scaling_factor={self.vae.config.scaling_factor:.5f})")

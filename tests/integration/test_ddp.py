@@ -1,0 +1,91 @@
+"""Distributed and mixed-precision runs on CPU through the command line, each in its own process.
+
+- ``fit`` + ``test`` with 2 gloo processes (``--trainer.strategy=ddp --trainer.devices=2``) gives exactly the test
+  metrics of a 1-process ``test`` of the same checkpoint: 3 test images on 2 ranks make the DistributedSampler
+  repeat one, and the metric drops the repeat by its sample id. Test batches hold one image, so every map is
+  computed the same way in both runs.
+- A ``bf16-mixed`` training step of DeCo-Diff (tiny UNet and autoencoder) on CPU ends with a finite loss.
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from tests.helpers.data import write_mvtec_ad
+from tests.helpers.models import save_tiny_autoencoder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK",
+                                                           "LOCAL_RANK", "NODE_RANK")}
+    result = subprocess.run([sys.executable, "-m", "anomaly_diff", *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
+    root = write_mvtec_ad(tmp_path / "data", categories=("a",), n_train=2, n_good=1, n_defect=1, size=32)
+    config = {
+        "seed_everything": 0,
+        "data": {"class_path": "anomaly_diff.data.MVTecAD",
+                 "init_args": {"root": str(root), "image_size": 32, "crop_size": 32, "batch_size": 1,
+                               "eval_batch_size": 1, "val_fraction": 0}},
+        "model": {"class_path": "anomaly_diff.models.autoencoder.Autoencoder",
+                  "init_args": {"block_out_channels": [8, 16], "norm_num_groups": 8}},
+        "trainer": {"accelerator": "cpu", "max_steps": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False,
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}}},
+        "heatmaps": {"per_category": 1},  # rank zero writes them (no collective calls there)
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    cli("fit", "--config", str(path), "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+        f"--checkpoint.dirpath={tmp_path / 'checkpoints'}")
+    (ddp_run,) = (tmp_path / "runs" / "tiny").iterdir()
+    (best,) = (tmp_path / "checkpoints").glob("epoch*.ckpt")  # the checkpoint the fit's test loaded
+    assert torch.load(best, map_location="cpu", weights_only=False)["global_step"] == 1
+
+    cli("test", "--config", str(path), "--ckpt_path", str(best), "--trainer.devices=1")
+    single_run = max((tmp_path / "runs" / "tiny").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert single_run != ddp_run
+
+    ddp = json.loads((ddp_run / "metrics.json").read_text())
+    single = json.loads((single_run / "metrics.json").read_text())
+    assert list(ddp["per_category"]) == ["a"]
+    # Written on rank zero (no hang), from the images of rank zero's shard only: HeatmapWriter does not gather.
+    assert list((ddp_run / "heatmaps" / "a").glob("*.png"))
+    assert ddp == single
+    assert 0 < single["per_category"]["a"]["image_AUROC"] <= 1  # 1 normal + 2 defective: defined
+
+
+def test_bf16_mixed_training_step_of_deco_diff_has_a_finite_loss(tmp_path):
+    autoencoder = save_tiny_autoencoder(tmp_path / "autoencoder")
+    cli("fit", "--config", str(REPO / "configs" / "deco_diff" / "embedded.yaml"),
+        f"--data.init_args.root={tmp_path / 'embedded'}", "--data.init_args.categories=[brick]",
+        "--data.init_args.generated_size=64", "--data.init_args.image_size=64", "--data.init_args.crop_size=64",
+        "--data.init_args.num_train=2", "--data.init_args.num_test_good=1", "--data.init_args.num_test_defective=1",
+        "--data.init_args.batch_size=2", "--data.init_args.val_fraction=0",
+        f"--model.init_args.autoencoder={autoencoder}", "--model.init_args.unet=tiny",
+        "--trainer.precision=bf16-mixed", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
+        "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+        "--test_after_fit=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}")
+    (run_dir,) = (tmp_path / "runs" / "deco_diff" / "embedded").iterdir()
+    rows = [row for row in csv.DictReader((run_dir / "metrics.csv").open()) if row.get("train/loss")]
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["train/loss"]))
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["trainer"]["precision"] == "bf16-mixed"
