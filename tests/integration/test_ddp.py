@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -33,6 +34,7 @@ def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
     root = write_mvtec_ad(tmp_path / "data", categories=("a",), n_train=2, n_good=1, n_defect=1, size=32)
     config = {
