@@ -67,16 +67,20 @@ class HeatmapWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the first ``per_category`` samples of each category and defect type."""
+        """Keep copies of the first ``per_category`` samples of each category and defect type.
+
+        The arrays are copied: a view of ``batch[...][i]`` (``.float().cpu()`` is a no-op on float CPU tensors)
+        would keep the whole batch's image, map and mask alive, one batch per kept sample.
+        """
         for i, (category, path) in enumerate(zip(batch["category"], batch["path"], strict=True)):
             kept = self._samples[(category, Path(path).parent.name)]
             if len(kept) < self.per_category:
                 kept.append(
                     (
                         batch["path"][i],
-                        batch["image"][i].permute(1, 2, 0).float().cpu().numpy(),
-                        outputs["anomaly_map"][i].float().cpu().numpy(),
-                        batch["mask"][i].cpu().numpy(),
+                        batch["image"][i].permute(1, 2, 0).float().cpu().numpy().copy(),
+                        outputs["anomaly_map"][i].float().cpu().numpy().copy(),
+                        batch["mask"][i].cpu().numpy().copy(),
                     )
                 )
 

@@ -52,3 +52,17 @@ def test_writer_keeps_per_category_and_defect_type_and_writes_pngs(tmp_path):
 def test_negative_count_is_rejected():
     with pytest.raises(ValueError, match="per_category"):
         HeatmapWriter(per_category=-1)
+
+
+def test_kept_samples_do_not_hold_their_batch():
+    # A view of batch[...][i] keeps the whole batch alive: one batch per kept sample (hundreds of MB on big sets).
+    writer = HeatmapWriter(per_category=1)
+    trainer = SimpleNamespace(is_global_zero=True, log_dir=None, default_root_dir=None)
+    writer.on_test_epoch_start(trainer, None)
+    batch = fake_batch(["a", "a"], [0, 0], size=16)
+    outputs = {"anomaly_map": torch.rand(2, 16, 16), "pred_score": torch.rand(2)}
+    writer.on_test_batch_end(trainer, None, outputs, batch, 0)
+    (_, image, anomaly_map, mask), = writer._samples[("a", "good")]
+    for kept, source in ((image, batch["image"]), (anomaly_map, outputs["anomaly_map"]), (mask, batch["mask"])):
+        assert not np.shares_memory(kept, source.numpy())
+        assert kept.base is None or kept.base.nbytes == kept.nbytes
