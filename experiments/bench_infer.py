@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_common import machine as bench_machine
 from diffusers import AutoencoderKL
 
 from anomaly_diff.models.components.autoencoder import LatentCodec
@@ -163,13 +162,9 @@ def main() -> None:
             )
 
     machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **bench_machine("one process; other jobs may share the cores (see the load average)"),
         "torch": torch.__version__,
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "load_average_1min": os.getloadavg()[0],
     }
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     result = {
@@ -186,9 +181,9 @@ def main() -> None:
         "# DeCo-Diff inference throughput",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, "
-        f"device {machine['device']}, torch {machine['torch']}, 1-min load average at the end "
-        f"{machine['load_average_1min']:.1f}  ",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
+        f"device {machine['device']}, torch {machine['torch']}, load average at the end (1/5/15 min) "
+        f"{machine['load_average']}  ",
         f"Median of {args.repeats} timed runs after one warm-up at batch 1, {args.repeats_batch16} timed run(s) at "
         "batch 16 (kernels already warm); random weights. One image = encode, "
         "t_start + 1 = 5 deviation steps, two decodes, the anomaly map. bf16 autocast covers the UNet; the "

@@ -40,6 +40,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from bench_common import machine
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = REPO / ".cache" / "bench_memory"
@@ -252,21 +254,6 @@ def run_child(scale: int, mode: str) -> dict:
     return measured
 
 
-def machine() -> dict:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown"
-    )
-    memory_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "ram_gib": round(memory_kb / 2**20, 1),
-        "platform": platform.platform(),
-        "note": "2 cores shared with other developers' jobs while measuring (children run with nice -n 5); "
-        "times are indicative",
-    }
-
-
 def analysis(runs: dict) -> dict:
     """Scaling of memory with the test-set size, per mode."""
     out = {}
@@ -419,7 +406,8 @@ def main() -> None:
     report = {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "cli_args": {name: cli_args(int(name.rsplit("_x", 1)[1]), name.split("_")[0]) for name in runs},
-        "machine": machine(),
+        "machine": machine("2 cores shared with other developers' jobs while measuring (children run with nice -n 5); "
+        "times are indicative"),
         "versions": {
             "python": platform.python_version(),
             **{p: version(p) for p in ("torch", "lightning", "torchmetrics", "numpy")},

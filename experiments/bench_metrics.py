@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_common import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 256
@@ -209,21 +210,6 @@ def max_abs_difference(a: dict, b: dict, metrics=METRICS) -> float:
     return max(abs(a["per_category"][c][m] - b["per_category"][c][m]) for c in b["per_category"] for m in metrics)
 
 
-def machine() -> dict:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown"
-    )
-    memory_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "ram_gib": round(memory_kb / 2**20, 1),
-        "platform": platform.platform(),
-        "note": "2 cores shared with other developers' jobs while measuring; times are indicative",
-    }
-
-
 def markdown(report: dict) -> str:
     runs = report["runs"]
     exact = runs["exact"]
@@ -311,7 +297,7 @@ def main() -> None:
     images = sum(n + a for _, n, a in MVTEC_TEST)
     report = {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
+        "machine": machine("2 cores shared with other developers' jobs while measuring; times are indicative"),
         "versions": {
             "python": platform.python_version(),
             **{p: version(p) for p in ("torch", "torchmetrics", "numpy", "scipy", "scikit-learn")},

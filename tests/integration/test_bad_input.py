@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from anomaly_diff.cli import main
+from tests.helpers.configs import write_tiny_config
 from tests.helpers.data import corrupt_file, truncate_file, write_image, write_mvtec_ad
 from tests.helpers.models import save_tiny_autoencoder
 
@@ -40,33 +40,8 @@ def _data(tmp_path: Path) -> Path:
 
 
 def _config(tmp_path: Path, root: Path | str, model: dict | None = None, **trainer) -> Path:
-    config = {
-        "seed_everything": 0,
-        "data": {
-            "class_path": "anomaly_diff.data.MVTecAD",
-            "init_args": {"root": str(root), "image_size": 32, "crop_size": 32, "batch_size": 2,
-                          "val_fraction": 0.0},
-        },
-        "model": model or {
-            "class_path": "anomaly_diff.models.autoencoder.Autoencoder",
-            "init_args": {"block_out_channels": [8, 8], "norm_num_groups": 8},
-        },
-        "trainer": {
-            "accelerator": "cpu",
-            "max_epochs": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "bad"},
-            },
-            **trainer,
-        },
-        "heatmaps": {"per_category": 0},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_tiny_config(tmp_path / "config.yaml", root, run_name="bad", model=model, trainer=trainer,
+                             heatmaps={"per_category": 0})
 
 
 def _deco_diff(autoencoder: Path | str, **init_args) -> dict:

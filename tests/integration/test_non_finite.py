@@ -5,30 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from anomaly_diff.cli import main
+from tests.helpers.configs import TINY_AUTOENCODER, write_tiny_config
 from tests.helpers.data import write_mvtec_ad
 
 
 def _config(tmp_path: Path, lr: float = 1e-3) -> Path:
     root = write_mvtec_ad(tmp_path / "mvtec", categories=("a",), n_train=4, n_good=1, n_defect=1, size=32)
-    config = {
-        "seed_everything": 0,
-        "data": {"class_path": "anomaly_diff.data.MVTecAD",
-                 "init_args": {"root": str(root), "image_size": 32, "crop_size": 32, "batch_size": 2,
-                               "val_fraction": 0.0}},
-        "model": {"class_path": "anomaly_diff.models.autoencoder.Autoencoder",
-                  "init_args": {"block_out_channels": [8, 8], "norm_num_groups": 8,
-                                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": lr}}}},
-        "trainer": {"accelerator": "cpu", "max_epochs": 3, "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "nan"}}},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    optimizer = {"class_path": "torch.optim.SGD", "init_args": {"lr": lr}}
+    model = {**TINY_AUTOENCODER, "init_args": {**TINY_AUTOENCODER["init_args"], "optimizer": optimizer}}
+    return write_tiny_config(tmp_path / "config.yaml", root, run_name="nan", model=model, trainer={"max_epochs": 3})
 
 
 def _fails(args: list[str], capsys) -> str:

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from anomaly_diff.loggers import WandbLogger, wandb_is_set_up
+from tests.helpers.configs import TINY_AUTOENCODER, write_tiny_config
 from tests.helpers.data import write_mvtec_ad
 from tests.helpers.wandb_runs import offline_run
 
@@ -32,22 +32,10 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def tiny_run_config(tmp_path) -> Path:
     root = write_mvtec_ad(tmp_path / "data", categories=("a",), n_train=2, n_good=1, n_defect=1, size=32)
-    config = {
-        "seed_everything": 0,
-        "data": {"class_path": "anomaly_diff.data.MVTecAD",
-                 "init_args": {"root": str(root), "image_size": 32, "crop_size": 32, "batch_size": 2,
-                               "val_fraction": 0}},
-        "model": {"class_path": "anomaly_diff.models.autoencoder.Autoencoder",
-                  "init_args": {"block_out_channels": [8, 16], "norm_num_groups": 8}},
-        "trainer": {"accelerator": "cpu", "max_steps": 1, "log_every_n_steps": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"}}},
-        "heatmaps": {"per_category": 1},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    model = {**TINY_AUTOENCODER, "init_args": {"block_out_channels": [8, 16], "norm_num_groups": 8}}
+    return write_tiny_config(tmp_path / "tiny.yaml", root, model=model,
+                             trainer={"max_epochs": None, "max_steps": 1, "log_every_n_steps": 1},
+                             heatmaps={"per_category": 1})
 
 
 @pytest.mark.parametrize("form", ["+=", "="])
