@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
+import yaml
+from diffusers import AutoencoderKL
 
 
 def machine(note: str) -> dict:
@@ -23,3 +26,26 @@ def machine(note: str) -> dict:
         "load_average": [round(load, 2) for load in os.getloadavg()],
         "note": note,
     }
+
+
+def embedded_autoencoder(root: Path) -> tuple[AutoencoderKL, str]:
+    """The autoencoder ``configs/deco_diff/embedded.yaml`` uses, and where it came from.
+
+    The trained one when ``make run`` has exported it; otherwise random weights in the architecture of
+    ``configs/autoencoder/embedded.yaml`` (throughput does not depend on the weights).
+    """
+    deco = yaml.safe_load((root / "configs/deco_diff/embedded.yaml").read_text())["model"]["init_args"]
+    cached = root / deco["autoencoder"]
+    if (cached / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(cached), f"loaded from {deco['autoencoder']}"
+    ae = yaml.safe_load((root / "configs/autoencoder/embedded.yaml").read_text())["model"]["init_args"]
+    depth = len(ae["block_out_channels"])
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * depth,
+        up_block_types=("UpDecoderBlock2D",) * depth,
+        block_out_channels=tuple(ae["block_out_channels"]),
+        layers_per_block=ae.get("layers_per_block", 1),
+        latent_channels=ae.get("latent_channels", 4),
+        norm_num_groups=ae.get("norm_num_groups", 16),
+    )
+    return vae, "random weights, architecture of configs/autoencoder/embedded.yaml"

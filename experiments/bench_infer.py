@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_common import embedded_autoencoder
 from bench_common import machine as bench_machine
 from diffusers import AutoencoderKL
 
@@ -53,20 +54,7 @@ def embedded_setting() -> tuple[DeCoDiffModel, int]:
     """The DeCo-Diff model of configs/deco_diff/embedded.yaml, and its input size."""
     deco = yaml.safe_load((ROOT / "configs/deco_diff/embedded.yaml").read_text())["model"]["init_args"]
     data = yaml.safe_load((ROOT / "configs/data/embedded.yaml").read_text())["init_args"]
-    cached = ROOT / deco["autoencoder"]
-    if (cached / "config.json").is_file():
-        vae = AutoencoderKL.from_pretrained(cached)
-    else:
-        ae = yaml.safe_load((ROOT / "configs/autoencoder/embedded.yaml").read_text())["model"]["init_args"]
-        depth = len(ae["block_out_channels"])
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * depth,
-            up_block_types=("UpDecoderBlock2D",) * depth,
-            block_out_channels=tuple(ae["block_out_channels"]),
-            layers_per_block=ae.get("layers_per_block", 1),
-            latent_channels=ae.get("latent_channels", 4),
-            norm_num_groups=ae.get("norm_num_groups", 16),
-        )
+    vae, _ = embedded_autoencoder(ROOT)
     model = DeCoDiffModel(
         LatentCodec(vae),
         num_classes=5,

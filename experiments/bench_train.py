@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from bench_common import machine
+from bench_common import embedded_autoencoder, machine
 
 from anomaly_diff.utils.io import atomic_write_text
 
@@ -70,28 +70,12 @@ def rss_bytes() -> int:
 
 def embedded_module(cache_latents: bool):
     """``DeCoDiff`` as configs/deco_diff/embedded.yaml builds it (minus the scheduler), its input size and AE source."""
-    from diffusers import AutoencoderKL
-
     from anomaly_diff.models.deco_diff import DeCoDiff
     from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig
 
     deco = yaml.safe_load((ROOT / "configs/deco_diff/embedded.yaml").read_text())["model"]["init_args"]
     data = yaml.safe_load((ROOT / "configs/data/embedded.yaml").read_text())["init_args"]
-    cached = ROOT / deco["autoencoder"]
-    if (cached / "config.json").is_file():
-        vae, source = AutoencoderKL.from_pretrained(cached), f"loaded from {deco['autoencoder']}"
-    else:
-        ae = yaml.safe_load((ROOT / "configs/autoencoder/embedded.yaml").read_text())["model"]["init_args"]
-        depth = len(ae["block_out_channels"])
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * depth,
-            up_block_types=("UpDecoderBlock2D",) * depth,
-            block_out_channels=tuple(ae["block_out_channels"]),
-            layers_per_block=ae.get("layers_per_block", 1),
-            latent_channels=ae.get("latent_channels", 4),
-            norm_num_groups=ae.get("norm_num_groups", 16),
-        )
-        source = "random weights, architecture of configs/autoencoder/embedded.yaml"
+    vae, source = embedded_autoencoder(ROOT)
     adamw = deco["optimizer"]["init_args"]
     module = DeCoDiff(
         categories=list(CATEGORIES),
