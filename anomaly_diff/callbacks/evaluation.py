@@ -1,7 +1,5 @@
 """The evaluation callback: anomaly metrics of what ``test_step`` returns, logged and written as result files."""
 
-import csv
-import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +9,7 @@ from rich.console import Console
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.loggers import log_resolved_config, wandb_loggers
 from anomaly_diff.metrics import AnomalyMetrics, SampleError
-from anomaly_diff.metrics.report import to_csv, to_json, to_markdown, to_rich_table
+from anomaly_diff.metrics.report import to_csv, to_json, to_markdown, to_rich_table, to_table
 from anomaly_diff.utils.io import atomic_write_text
 
 
@@ -100,14 +98,12 @@ class Evaluator(Callback):
         run_dir = Path(trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir)
         if trainer.is_global_zero:
             atomic_write_text(run_dir / "metrics.json", to_json(self.results))
-            table = to_csv(self.results)
-            atomic_write_text(run_dir / "metrics_table.csv", table)
+            atomic_write_text(run_dir / "metrics_table.csv", to_csv(self.results))
             atomic_write_text(run_dir / "metrics.md", to_markdown(self.results))
             Console().print(to_rich_table(self.results, title=f"Test metrics ({run_dir})"))
-            header, *rows = list(csv.reader(io.StringIO(table)))
+            columns, rows = to_table(self.results)
             for logger in wandb_loggers(trainer):
-                data = [[row[0], *(float(value) for value in row[1:])] for row in rows]
-                logger.log_table(key="test/metrics_table", columns=header, data=data)
+                logger.log_table(key="test/metrics_table", columns=columns, data=rows)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start an empty metric when validation is evaluated."""

@@ -24,13 +24,19 @@ def to_json(results: dict[str, dict]) -> str:
     return json.dumps(_nan_to_none(results), indent=2) + "\n"
 
 
+def to_table(results: dict[str, dict]) -> tuple[list[str], list[list]]:
+    """Columns ``category, <metric>...``, one row per category and ``mean`` last; values in [0, 1], NaN undefined."""
+    rows = [[name, *(float(values[m]) for m in METRIC_NAMES)] for name, values in _rows(results)]
+    return ["category", *METRIC_NAMES], rows
+
+
 def to_csv(results: dict[str, dict]) -> str:
-    """``category,<metric>...`` rows with values in ``[0, 1]`` (``nan`` where undefined), ``mean`` last."""
+    """:func:`to_table` as CSV (``nan`` where undefined)."""
+    columns, rows = to_table(results)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["category", *METRIC_NAMES])
-    for name, values in _rows(results):
-        writer.writerow([name, *(repr(float(values[m])) for m in METRIC_NAMES)])
+    writer.writerow(columns)
+    writer.writerows([name, *(repr(value) for value in values)] for name, *values in rows)
     return buffer.getvalue()
 
 
