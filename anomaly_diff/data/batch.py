@@ -15,7 +15,8 @@ class Batch(TypedDict):
     Attributes:
         image: ``(B, 3, H, W)`` float32 RGB in ``[0, 1]``; each model normalises it itself.
         mask: ``(B, H, W)`` float32 ground truth in ``{0, 1}``; all zero for normal images.
-        label: ``(B,)`` int64, ``1`` for an anomalous image, ``0`` for a normal one.
+        label: ``(B,)`` int64, ``1`` for an anomalous image, ``0`` for a normal one, ``-1`` for an image to
+            predict (unknown; its mask is all zero).
         category: the category name of each sample.
         class_index: ``(B,)`` int64 index of the category in the sorted category list.
         path: the image file of each sample.

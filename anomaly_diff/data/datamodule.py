@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from anomaly_diff.data.dataset import AnomalyDataset, build_transform
 from anomaly_diff.data.errors import DatasetError
-from anomaly_diff.data.samples import Sample, seeded_subset
+from anomaly_diff.data.samples import Sample, prediction_samples, seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,9 @@ class AnomalyDataModule(LightningDataModule, ABC):
     - train: the training normals of every category, less the validation split; shuffled.
     - val: a seeded ``val_fraction`` of each category's training normals (stratified per category,
       the same in every run for a given ``seed``, disjoint from train).
-    - test and predict: every test image (normal and anomalous) of every category.
+    - test: every test image (normal and anomalous) of every category.
+    - predict: the images under ``path`` when it is given (no masks, no labels; see
+      :func:`~anomaly_diff.data.samples.prediction_samples` for how their categories are told), else the test images.
 
     Class indices are positions in the sorted list of selected categories; every sample carries its
     category name too, so a model maps names onto its own indices.
@@ -45,6 +47,11 @@ class AnomalyDataModule(LightningDataModule, ABC):
         val_fraction: Fraction of each category's training normals held out for validation, in
             ``[0, 1)``; at least one image per category when above 0. Defaults to 0.1.
         seed: Seed of the validation split (and of any other split a format makes). Defaults to 0.
+        path: An image or a directory of images that ``predict`` scores instead of the test split
+            (``<path>/<category>/...`` or, with one selected category, any layout). With ``path`` and explicit
+            ``categories``, the categories are not looked up under ``root`` (MVTec AD, BTAD, converted VisA and
+            the embedded set then need no data at ``root``: a trained model predicts where its data set is absent).
+            Defaults to None.
 
     Raises:
         DatasetError: ``root`` or a category is missing, or an argument is out of range.
@@ -61,6 +68,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
         num_workers: int = 0,
         val_fraction: float = 0.1,
         seed: int = 0,
+        path: str | None = None,
     ) -> None:
         super().__init__()
         # Record the concrete class's own arguments in checkpoints; a base argument a subclass fixes itself
@@ -89,10 +97,12 @@ class AnomalyDataModule(LightningDataModule, ABC):
         self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.seed = seed
+        self.path = None if path is None else Path(path).expanduser()
         self._categories = self._select_categories(categories)
         self.train_dataset: AnomalyDataset | None = None
         self.val_dataset: AnomalyDataset | None = None
         self.test_dataset: AnomalyDataset | None = None
+        self.predict_dataset: AnomalyDataset | None = None
 
     @abstractmethod
     def _find_categories(self) -> list[str]:
@@ -126,17 +136,19 @@ class AnomalyDataModule(LightningDataModule, ABC):
         return {category: index for index, category in enumerate(self._categories)}
 
     def _select_categories(self, requested: list[str] | None) -> list[str]:
+        if requested is not None and (isinstance(requested, str) or not requested):
+            raise DatasetError(f"categories={requested!r}: give a non-empty list of category names, or null")
+        duplicates = sorted({category for category in requested or () if list(requested).count(category) > 1})
+        if duplicates:
+            raise DatasetError(f"categories lists {duplicates} more than once")
+        if requested is not None and self.path is not None:
+            return sorted(requested)  # predicting on `path`: the model checks the names, the data set may be absent
         found = sorted(self._find_categories())
         name = type(self).__name__
         if not found:
             raise DatasetError(f"{name} found no categories in {self.root}; check `root` and the data set's layout")
         if requested is None:
             return found
-        if isinstance(requested, str) or not requested:
-            raise DatasetError(f"categories={requested!r}: give a non-empty list of names from {found}, or null")
-        duplicates = sorted({category for category in requested if list(requested).count(category) > 1})
-        if duplicates:
-            raise DatasetError(f"categories lists {duplicates} more than once")
         unknown = [category for category in requested if category not in found]
         if unknown:
             raise DatasetError(f"unknown categories {unknown} for {name} at {self.root}; known categories: {found}")
@@ -145,14 +157,23 @@ class AnomalyDataModule(LightningDataModule, ABC):
     def setup(self, stage: str | None = None) -> None:
         """Index the selected categories once and build the train, val and test datasets.
 
+        With ``path``, ``predict`` reads only the images under it.
+
         Args:
             stage: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` or ``None`` (all).
 
         Raises:
             DatasetError: A category's layout is broken, a mask's size differs from its image's, a
-                category has too few training normals for the validation split, or ``stage`` needs test
-                images that a category lacks.
+                category has too few training normals for the validation split, ``stage`` needs test
+                images that a category lacks, or ``path`` holds no image or one of unknown category.
         """
+        if stage == "predict" and self.path is not None:
+            if self.predict_dataset is None:
+                samples = prediction_samples(self.path, self._categories)
+                transform = build_transform(self.image_size, self.crop_size)
+                self.predict_dataset = AnomalyDataset(samples, self.class_indices, transform)
+                log.info("predicting %d images under %s", len(samples), self.path)
+            return
         if self.train_dataset is None:
             self._build_datasets()
         if stage in ("test", "predict", None):
@@ -222,8 +243,9 @@ class AnomalyDataModule(LightningDataModule, ABC):
         return self._loader(self.test_dataset, self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test images, as for :meth:`test_dataloader`."""
-        return self._loader(self.test_dataset, self.eval_batch_size, shuffle=False)
+        """Batches of the images under ``path`` when given, else of the test images; in a fixed order."""
+        dataset = self.test_dataset if self.path is None else self.predict_dataset
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
 
 def _check_int(key: str, value: int, minimum: int) -> None:

@@ -32,6 +32,7 @@ class Embedded(MVTecAD):
         num_train: Normal training images per category. Defaults to 60.
         num_test_good: Normal test images per category. Defaults to 10.
         num_test_defective: Defective test images per category. Defaults to 20.
+        path: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Embedded(MVTecAD):
         num_train: int = 60,
         num_test_good: int = 10,
         num_test_defective: int = 20,
+        path: str | None = None,
     ) -> None:
         self.data_seed = data_seed
         self.generated_size = generated_size
@@ -57,7 +59,8 @@ class Embedded(MVTecAD):
         self.num_test_good = num_test_good
         self.num_test_defective = num_test_defective
         super().__init__(
-            root, categories, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed
+            root, categories, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed,
+            path=path,
         )
 
     def _find_categories(self) -> list[str]:

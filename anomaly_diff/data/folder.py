@@ -39,6 +39,7 @@ class Folder(AnomalyDataModule):
         num_workers: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
         val_fraction: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
         seed: Seed of the test and validation splits. Defaults to 0.
+        path: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
 
     Raises:
         DatasetError: A directory is missing, ``abnormal_dir`` comes without ``mask_dir``, or
@@ -61,6 +62,7 @@ class Folder(AnomalyDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.1,
         seed: int = 0,
+        path: str | None = None,
     ) -> None:
         if abnormal_dir is not None and mask_dir is None:
             raise DatasetError(
@@ -79,7 +81,8 @@ class Folder(AnomalyDataModule):
         self.category = category
         self.test_fraction = test_fraction
         super().__init__(
-            root, None, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed
+            root, None, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed,
+            path=path,
         )
 
     def _find_categories(self) -> list[str]:

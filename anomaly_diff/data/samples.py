@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 """File extensions read as images (compared case-insensitively: VisA ships ``.JPG``)."""
 
+UNLABELLED = -1
+"""The label of an image to predict (normal or anomalous is what the model is asked)."""
+
 T = TypeVar("T")
 
 
@@ -31,10 +34,13 @@ class Sample:
     Attributes:
         image_path: The image file.
         mask_path: The ground-truth mask of an anomalous image; ``None`` for a normal image.
-        label: ``1`` for an anomalous image, ``0`` for a normal one.
+        label: ``1`` for an anomalous image, ``0`` for a normal one, ``-1`` (:data:`UNLABELLED`) for an image to
+            predict whose state is unknown.
         category: The category (product) name.
-        defect_type: ``"good"`` for a normal image, else the defect name (the directory it came from).
-        split: ``"train"`` (normal images the model may learn from) or ``"test"``.
+        defect_type: ``"good"`` for a normal image, else the defect name (the directory it came from);
+            ``"unknown"`` for an image to predict.
+        split: ``"train"`` (normal images the model may learn from), ``"test"`` or ``"predict"`` (unlabelled
+            images to score, see :func:`prediction_samples`).
     """
 
     image_path: Path
@@ -42,13 +48,18 @@ class Sample:
     label: int
     category: str
     defect_type: str
-    split: Literal["train", "test"]
+    split: Literal["train", "test", "predict"]
 
     def __post_init__(self) -> None:
         """Check the invariants every parser must honour."""
-        if self.split not in ("train", "test"):
-            raise DatasetError(f"{self.image_path}: split must be 'train' or 'test', got {self.split!r}")
-        if self.label not in (0, 1):
+        if self.split not in ("train", "test", "predict"):
+            raise DatasetError(f"{self.image_path}: split must be 'train', 'test' or 'predict', got {self.split!r}")
+        if (self.split == "predict") != (self.label == UNLABELLED):
+            raise DatasetError(
+                f"{self.image_path}: label {self.label!r} in split {self.split!r}; images to predict, and only "
+                f"they, have the label {UNLABELLED} (unknown)"
+            )
+        if self.label not in (0, 1, UNLABELLED):
             raise DatasetError(f"{self.image_path}: label must be 0 (normal) or 1 (anomalous), got {self.label!r}")
         if self.label == 1 and self.mask_path is None:
             raise DatasetError(f"anomalous image {self.image_path} has no mask")
@@ -206,3 +217,50 @@ def seeded_subset(items: Sequence[T], fraction: float, seed: int, key: str, what
     kept = [item for position, item in enumerate(items) if position not in held]
     held_out = [item for position, item in enumerate(items) if position in held]
     return kept, held_out
+
+
+def prediction_samples(path: Path, categories: Sequence[str]) -> list[Sample]:
+    """The unlabelled images to predict under ``path``, each with its category.
+
+    ``path`` is an image file or a directory searched recursively for image files. An image's category is the
+    name of its top-level directory below ``path`` when that is one of ``categories``
+    (``<path>/<category>/**/*.png``); any other image (directly in ``path``, or under a directory that is not a
+    category) needs exactly one selected category, which it then belongs to.
+
+    Args:
+        path: An image file or a directory of images (masks are not needed and not read).
+        categories: The selected category names.
+
+    Returns:
+        The images sorted by path, split ``"predict"``, label :data:`UNLABELLED`.
+
+    Raises:
+        DatasetError: ``path`` does not exist or holds no image, or an image's category cannot be told.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        if not is_image_file(path):
+            raise DatasetError(f"{path} is not an image file; give an image ({', '.join(IMAGE_EXTENSIONS)}) or a "
+                               "directory of images")
+        images, root = [path], path.parent
+    else:
+        files = sorted(p for p in require_directory(path, "images to predict").rglob("*") if p.is_file())
+        images, root = [p for p in files if is_image_file(p)], path
+        _report_ignored(path, [p for p in files if p not in images and not p.name.startswith(".")], "image files")
+        if not images:
+            raise DatasetError(f"no images found under {path}; expected images to predict (image extensions: "
+                               f"{', '.join(IMAGE_EXTENSIONS)}), directly or in <category>/ subdirectories")
+    samples = []
+    for image in images:
+        top = image.relative_to(root).parts[0] if image.parent != root else None
+        if top in categories:
+            category = top
+        elif len(categories) == 1:
+            category = categories[0]
+        else:
+            raise DatasetError(
+                f"cannot tell the category of {image}: put it under {root}/<category>/ with <category> one of "
+                f"{list(categories)}, or select its one category (data.init_args.categories=[<name>])"
+            )
+        samples.append(Sample(image, None, UNLABELLED, category, "unknown", "predict"))
+    return samples

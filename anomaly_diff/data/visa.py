@@ -99,6 +99,7 @@ class VisA(AnomalyDataModule):
         num_workers: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
         val_fraction: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
         seed: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
+        path: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
     """
 
     def __init__(
@@ -113,13 +114,15 @@ class VisA(AnomalyDataModule):
         num_workers: int = 0,
         val_fraction: float = 0.1,
         seed: int = 0,
+        path: str | None = None,
     ) -> None:
         if split_csv is not None:
             require_directory(Path(root).expanduser(), "the VisA download (<root>/<object>/Data/Images/...)")
         self.split_csv = None if split_csv is None else Path(root).expanduser() / Path(split_csv).expanduser()
         self._rows = None if self.split_csv is None else read_split_csv(self.split_csv)
         super().__init__(
-            root, categories, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed
+            root, categories, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed,
+            path=path,
         )
 
     def _find_categories(self) -> list[str]:

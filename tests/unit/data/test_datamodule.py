@@ -235,3 +235,21 @@ def test_root_that_is_a_file_is_named(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(DatasetError, match=rf"{tmp_path / 'file.txt'} is not a directory; expected the data set root"):
         MVTecAD(str(tmp_path / "file.txt"))
+
+
+def test_predict_on_a_path_reads_only_its_images_and_needs_no_data_set(root, tmp_path):
+    images = tmp_path / "incoming"
+    for name in ("bottle/1.png", "zipper/2.png", "zipper/3.png"):
+        write_image(images / name, np.full((40, 40, 3), 7, dtype=np.uint8))
+    datamodule = _datamodule(tmp_path / "absent", categories=["bottle", "zipper"], path=str(images))
+    datamodule.setup("predict")
+    assert datamodule.train_dataset is None and datamodule.test_dataset is None  # `root` was never read
+    batch = next(iter(datamodule.predict_dataloader()))
+    assert batch["path"] == [str(images / name) for name in ("bottle/1.png", "zipper/2.png", "zipper/3.png")]
+    assert batch["category"] == ["bottle", "zipper", "zipper"] and batch["label"].tolist() == [-1, -1, -1]
+    assert batch["index"].tolist() == [0, 1, 2] and batch["image"].shape == (3, 3, 32, 32)
+    assert batch["mask"].sum() == 0
+    # Without explicit categories they come from `root`, as for any other stage.
+    with pytest.raises(DatasetError, match="does not exist"):
+        _datamodule(tmp_path / "absent", path=str(images))
+    assert _datamodule(root, path=str(images)).categories == ["bottle", "carpet", "zipper"]

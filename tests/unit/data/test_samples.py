@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 
 from anomaly_diff.data.errors import DatasetError
-from anomaly_diff.data.samples import MaskIndex, Sample, list_images, list_subdirectories, seeded_subset
+from anomaly_diff.data.samples import (
+    UNLABELLED,
+    MaskIndex,
+    Sample,
+    list_images,
+    list_subdirectories,
+    prediction_samples,
+    seeded_subset,
+)
 from tests.helpers.data import write_image
 
 PIXELS = np.zeros((4, 4, 3), dtype=np.uint8)
@@ -91,9 +99,45 @@ def test_seeded_subset_refuses_to_leave_nothing():
         ({"label": 0, "mask_path": Path("m.png"), "split": "test"}, "normal image .* has a mask"),
         ({"label": 1, "mask_path": Path("m.png"), "split": "train"}, "is in the train split"),
         ({"label": 2, "mask_path": None, "split": "test"}, "label must be 0"),
-        ({"label": 0, "mask_path": None, "split": "val"}, "split must be 'train' or 'test'"),
+        ({"label": 0, "mask_path": None, "split": "val"}, "split must be 'train', 'test' or 'predict'"),
+        ({"label": -1, "mask_path": None, "split": "test"}, "label -1 in split 'test'; images to predict"),
+        ({"label": 0, "mask_path": None, "split": "predict"}, "label 0 in split 'predict'; images to predict"),
     ],
 )
 def test_sample_invariants(kwargs, message):
     with pytest.raises(DatasetError, match=message):
         Sample(image_path=Path("i.png"), category="a", defect_type="x", **kwargs)
+
+
+def test_prediction_samples_take_the_category_from_the_top_directory(tmp_path, caplog):
+    for name in ("bottle/a.png", "bottle/deep/er/b.png", "cable/c.JPG", "cable/readme.txt"):
+        write_image(tmp_path / name, PIXELS) if name.endswith(("png", "JPG")) else (tmp_path / name).write_text("x")
+    with caplog.at_level(logging.WARNING, logger="anomaly_diff.data.samples"):
+        samples = prediction_samples(tmp_path, ["bottle", "cable"])
+    assert [(s.image_path.relative_to(tmp_path).as_posix(), s.category) for s in samples] == [
+        ("bottle/a.png", "bottle"), ("bottle/deep/er/b.png", "bottle"), ("cable/c.JPG", "cable")
+    ]
+    assert {(s.label, s.mask_path, s.split, s.defect_type) for s in samples} == {(UNLABELLED, None, "predict", "unknown")}
+    assert "readme.txt" in caplog.text
+
+
+def test_prediction_samples_with_one_category_take_any_layout_and_single_files(tmp_path):
+    write_image(tmp_path / "x.png", PIXELS)
+    write_image(tmp_path / "line 2" / "y.png", PIXELS)
+    assert [s.category for s in prediction_samples(tmp_path, ["bottle"])] == ["bottle", "bottle"]
+    assert [s.image_path for s in prediction_samples(tmp_path / "x.png", ["bottle"])] == [tmp_path / "x.png"]
+
+
+def test_prediction_samples_name_what_cannot_be_predicted(tmp_path):
+    write_image(tmp_path / "loose.png", PIXELS)
+    with pytest.raises(DatasetError, match=rf"cannot tell the category of {tmp_path / 'loose.png'}: put it under "
+                                           rf"{tmp_path}/<category>/ with <category> one of \['a', 'b'\]"):
+        prediction_samples(tmp_path, ["a", "b"])
+    with pytest.raises(DatasetError, match=f"directory {tmp_path / 'nope'} does not exist; expected images to predict"):
+        prediction_samples(tmp_path / "nope", ["a"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=f"no images found under {tmp_path / 'empty'}"):
+        prediction_samples(tmp_path / "empty", ["a"])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'notes.txt'} is not an image file"):
+        prediction_samples(tmp_path / "notes.txt", ["a"])
