@@ -4,6 +4,7 @@ Usage::
 
     anomaly-diff fit --config configs/deco_diff/embedded.yaml        # trains, then tests the best checkpoint
     anomaly-diff test --config configs/deco_diff/mvtec.yaml --ckpt_path runs/.../last.ckpt
+    anomaly-diff predict --config configs/deco_diff/mvtec.yaml --ckpt_path runs/.../last.ckpt --data.path photos/
     anomaly-diff fit --config configs/deco_diff/mvtec.yaml --model.init_args.lr=3e-4 --trainer.max_epochs=2
 
 What it adds to a plain LightningCLI:
@@ -12,8 +13,13 @@ What it adds to a plain LightningCLI:
   (from the checkpoint's hyper-parameters when ``--ckpt_path`` is given, so a test on a subset of the
   training categories keeps the model's own class indices).
 - ``fit`` tests the best checkpoint afterwards in the same run directory (``--test_after_fit=false`` turns it off).
-- The evaluation callback, the heatmap writer and the checkpointing are always attached and configured from the
-  top-level config keys ``evaluator``, ``heatmaps`` and ``checkpoint``.
+- The evaluation callback, the heatmap writer, the test report, the threshold calibration, the prediction writer
+  and the checkpointing are always attached and configured from the top-level config keys ``evaluator``,
+  ``heatmaps``, ``report``, ``calibration``, ``predictions`` and ``checkpoint``.
+- ``predict`` writes ``predictions.csv`` (score and decision per image) and overlays instead of returning the
+  predictions (``--return_predictions=true`` keeps them in memory too); ``--data.path=<folder>`` predicts a
+  folder of images instead of the test split.
+- The progress bar is Lightning's ``RichProgressBar`` unless the config names another one.
 - The run directory holds ``environment.json`` (seed, package versions) next to ``config.yaml``, and checkpoints
   hold the random states, so ``fit --ckpt_path last`` continues exactly where the run stopped.
 - The run directory is printed at the end.
@@ -28,11 +34,14 @@ from pathlib import Path
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from anomaly_diff.callbacks.calibration import NormalCalibration
 from anomaly_diff.callbacks.evaluation import Evaluator, InvalidSampleError
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
+from anomaly_diff.callbacks.predictions import PredictionWriter
+from anomaly_diff.callbacks.report import TestReport
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.loggers import run_directory
@@ -71,6 +80,9 @@ class AnomalyCLI(LightningCLI):
         """Add the always-on callbacks as config groups and the ``test_after_fit`` switch."""
         parser.add_lightning_class_args(Evaluator, "evaluator")
         parser.add_lightning_class_args(HeatmapWriter, "heatmaps")
+        parser.add_lightning_class_args(TestReport, "report")
+        parser.add_lightning_class_args(NormalCalibration, "calibration")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "epoch{epoch:04d}-step{step}"})
         parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
@@ -79,11 +91,17 @@ class AnomalyCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        """Parse, then check ``--ckpt_path`` before LightningCLI merges the checkpoint's hyper-parameters."""
+        """Parse, then check ``--ckpt_path`` before LightningCLI merges the checkpoint's hyper-parameters.
+
+        ``predict`` returns nothing unless ``--return_predictions=true`` (its results are written to files).
+        """
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
             _check_checkpoint(self.config[subcommand])
+        if subcommand == "predict" and self.config.predict.get("return_predictions") is None:
+            # The PredictionWriter keeps no maps; returning them too would hold every map of the data set in memory.
+            self.config.predict.return_predictions = False
 
     def instantiate_classes(self) -> None:
         """Instantiate, showing a constructor's own error instead of jsonargparse's wrapper around it."""
@@ -104,6 +122,11 @@ class AnomalyCLI(LightningCLI):
         """The configured trainer, plus the random states in checkpoints (exact resumes)."""
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(RandomStateCheckpoint())
+        configured = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer.callbacks
+        if isinstance(trainer.progress_bar_callback, TQDMProgressBar) and not any(
+            isinstance(callback, ProgressBar) for callback in configured or ()
+        ):  # Lightning's default bar: the rich one instead
+            trainer.callbacks[trainer.callbacks.index(trainer.progress_bar_callback)] = RichProgressBar()
         return trainer
 
     def before_instantiate_classes(self) -> None:

@@ -1,5 +1,9 @@
 """Lightning callbacks shared by every model."""
 
+from anomaly_diff.callbacks.calibration import NormalCalibration
 from anomaly_diff.callbacks.evaluation import Evaluator
+from anomaly_diff.callbacks.heatmaps import HeatmapWriter
+from anomaly_diff.callbacks.predictions import PredictionWriter
+from anomaly_diff.callbacks.report import TestReport
 
-__all__ = ["Evaluator"]
+__all__ = ["Evaluator", "HeatmapWriter", "NormalCalibration", "PredictionWriter", "TestReport"]

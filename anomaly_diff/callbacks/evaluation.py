@@ -1,13 +1,12 @@
 """The evaluation callback: anomaly metrics of what ``test_step`` returns, logged and written as result files."""
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 
 from anomaly_diff.data.batch import Batch, Prediction
-from anomaly_diff.loggers import log_resolved_config, wandb_loggers
+from anomaly_diff.loggers import log_resolved_config, run_directory, wandb_loggers
 from anomaly_diff.metrics import AnomalyMetrics, SampleError
 from anomaly_diff.metrics.report import to_csv, to_json, to_markdown, to_rich_table, to_table
 from anomaly_diff.utils.io import atomic_write_text
@@ -29,7 +28,7 @@ class Evaluator(Callback):
     ``pl_module.log_dict`` (already synchronised values, so every attached logger gets them), keeps the result
     dict as :attr:`results`, and on global rank zero writes ``metrics.json`` (the dict, NaN as ``null``),
     ``metrics_table.csv`` and ``metrics.md`` (per category plus a mean row) into the run directory
-    (``trainer.log_dir``, else ``trainer.default_root_dir``) and prints the table. The CSV is not called
+    (:func:`~anomaly_diff.loggers.run_directory`) and prints the table. The CSV is not called
     ``metrics.csv`` because Lightning's ``CSVLogger`` owns that name in the same directory (it rewrites the file with
     its own header and fails on a foreign one). With W&B loggers it also logs the table (the CSV's rows) as the
     ``wandb.Table`` ``test/metrics_table`` and, at setup, the CLI's resolved config (``anomaly_diff.loggers``).
@@ -78,7 +77,7 @@ class Evaluator(Callback):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start an empty metric on the module's device."""
-        self._start("test", pl_module)
+        self._start("test", trainer, pl_module)
 
     def on_test_batch_end(
         self,
@@ -95,8 +94,8 @@ class Evaluator(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute, log, keep and (on global rank zero) write and print the test metrics."""
         self.results = self._finish("test", pl_module)
-        run_dir = Path(trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir)
         if trainer.is_global_zero:
+            run_dir = run_directory(trainer)
             atomic_write_text(run_dir / "metrics.json", to_json(self.results))
             atomic_write_text(run_dir / "metrics_table.csv", to_csv(self.results))
             atomic_write_text(run_dir / "metrics.md", to_markdown(self.results))
@@ -108,7 +107,7 @@ class Evaluator(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start an empty metric when validation is evaluated."""
         if self._validating(trainer):
-            self._start("val", pl_module)
+            self._start("val", trainer, pl_module)
 
     def on_validation_batch_end(
         self,
@@ -133,10 +132,11 @@ class Evaluator(Callback):
     def _validating(self, trainer: Trainer) -> bool:
         return self.evaluate_validation and not trainer.sanity_checking
 
-    def _start(self, stage: str, pl_module: LightningModule) -> None:
+    def _start(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
         metric = self._metrics[stage]
         metric.reset()
         metric.to(pl_module.device)
+        metric.show_progress = trainer.is_global_zero and getattr(trainer, "progress_bar_callback", None) is not None
 
     def _update(self, stage: str, trainer: Trainer, outputs: Prediction, batch: Batch, dataloader_idx: int) -> None:
         if not isinstance(outputs, Mapping) or not {"anomaly_map", "pred_score"} <= outputs.keys():

@@ -21,6 +21,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+from rich.progress import track
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
@@ -120,6 +121,7 @@ class AnomalyMetrics(Metric):
         self.score_range = (float(low), float(high))
         self.aupro_fpr_limit = aupro_fpr_limit
         self.chunk_size = chunk_size
+        self.show_progress = False  # a rich progress bar over the categories in compute(); the Evaluator sets it
         per_sample = ["category_keys", "sample_ids", "image_scores", "image_labels", "category_names"]
         if num_bins is None:
             per_sample += ["map_sizes", "maps", "masks"]
@@ -196,7 +198,9 @@ class AnomalyMetrics(Metric):
         scores, labels = _cat(self.image_scores, torch.float32), _cat(self.image_labels, torch.int64)
         pixels = self._exact_pixels() if self.num_bins is None else self._binned_pixels()
         per_category, undefined = {}, []
-        for key in sorted(names, key=names.get):
+        ordered = sorted(names, key=names.get)
+        description = "Computing metrics per category"
+        for key in track(ordered, description=description, transient=True, disable=not self.show_progress):
             samples = selected[keys[selected] == key]
             if samples.numel() == 0:
                 continue

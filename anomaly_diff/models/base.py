@@ -11,6 +11,9 @@ from torch import Tensor
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.models.components.lr_schedulers import WarmupCosineLR
 
+# The calibration buffers (name -> shape after the category axis), NaN until NormalCalibration sets them.
+CALIBRATION_BUFFERS = {"score_thresholds": (), "map_ranges": (2,)}
+
 
 def default_optimizer(params) -> torch.optim.Optimizer:
     """AdamW(lr=1e-4, weight_decay=1e-4), the optimiser of DeCo-Diff and the default of every model."""
@@ -23,6 +26,10 @@ class AnomalyModule(LightningModule):
     A subclass writes two methods: ``compute_losses`` (training objective on a batch of normal
     images) and ``predict_anomaly`` (maps and scores). Metrics are never computed here: the
     shared :class:`~anomaly_diff.callbacks.Evaluator` reads what ``test_step`` returns.
+
+    Each category's decision threshold and overlay colour range live in the buffers ``score_thresholds``
+    ``(C,)`` and ``map_ranges`` ``(C, 2)`` (NaN until set), so every checkpoint carries them;
+    :class:`~anomaly_diff.callbacks.NormalCalibration` sets them from the validation normals during ``fit``.
 
     Args:
         categories: The category names the model is conditioned on. Their order defines the class
@@ -50,6 +57,8 @@ class AnomalyModule(LightningModule):
         self.categories = list(categories)
         self.optimizer = optimizer
         self.scheduler = scheduler
+        for name, shape in CALIBRATION_BUFFERS.items():
+            self.register_buffer(name, torch.full((len(self.categories), *shape), float("nan")))
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +85,13 @@ class AnomalyModule(LightningModule):
                 "(data.init_args.categories) or train a model on the others"
             )
         return torch.tensor([lookup[name] for name in categories], dtype=torch.long, device=self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Load checkpoints written before the calibration buffers existed as uncalibrated (NaN)."""
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            for name in CALIBRATION_BUFFERS:
+                state.setdefault(name, torch.full_like(getattr(self, name), float("nan")))
 
     @abstractmethod
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:

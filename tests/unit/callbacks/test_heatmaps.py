@@ -21,6 +21,8 @@ def test_panel_shows_image_heat_and_mask_outline():
     assert hot[0] > hot[2] and cold[2] > cold[0]  # jet: red where the map is high, blue where low
     outline = panel[:, 16:]
     assert tuple(outline[4, 4]) == (255, 0, 0) and tuple(outline[5, 5]) == (127, 127, 127)
+    without_mask = overlay_panel(image, anomaly_map, None, vmin=0.0, vmax=1.0)  # predict: no ground truth
+    np.testing.assert_array_equal(without_mask, panel[:, :16])
 
 
 def fake_batch(categories, labels, size=8):
@@ -32,12 +34,15 @@ def fake_batch(categories, labels, size=8):
         "category": categories,
         "path": [f"/data/{c}/test/{'crack' if y else 'good'}/{i:03d}.png" for i, (c, y) in
                  enumerate(zip(categories, labels, strict=True))],
+        "index": torch.arange(n),
     }
 
 
 def test_writer_keeps_per_category_and_defect_type_and_writes_pngs(tmp_path):
     writer = HeatmapWriter(per_category=1)
-    trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    trainer = SimpleNamespace(
+        is_global_zero=True, world_size=1, log_dir=str(tmp_path), default_root_dir=str(tmp_path)
+    )
     writer.on_test_epoch_start(trainer, None)
     batch = fake_batch(["a", "a", "a", "b"], [0, 1, 1, 0])
     outputs = {"anomaly_map": torch.rand(4, 8, 8), "pred_score": torch.rand(4)}
@@ -57,12 +62,12 @@ def test_negative_count_is_rejected():
 def test_kept_samples_do_not_hold_their_batch():
     # A view of batch[...][i] keeps the whole batch alive: one batch per kept sample (hundreds of MB on big sets).
     writer = HeatmapWriter(per_category=1)
-    trainer = SimpleNamespace(is_global_zero=True, log_dir=None, default_root_dir=None)
+    trainer = SimpleNamespace(is_global_zero=True, world_size=1, log_dir=None, default_root_dir=None)
     writer.on_test_epoch_start(trainer, None)
     batch = fake_batch(["a", "a"], [0, 0], size=16)
     outputs = {"anomaly_map": torch.rand(2, 16, 16), "pred_score": torch.rand(2)}
     writer.on_test_batch_end(trainer, None, outputs, batch, 0)
-    (_, image, anomaly_map, mask), = writer._samples[("a", "good")]
+    (_, image, anomaly_map, mask), = writer._samples[("a", "good")].values()
     for kept, source in ((image, batch["image"]), (anomaly_map, outputs["anomaly_map"]), (mask, batch["mask"])):
         assert not np.shares_memory(kept, source.numpy())
         assert kept.base is None or kept.base.nbytes == kept.nbytes

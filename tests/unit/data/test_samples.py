@@ -117,7 +117,8 @@ def test_prediction_samples_take_the_category_from_the_top_directory(tmp_path, c
     assert [(s.image_path.relative_to(tmp_path).as_posix(), s.category) for s in samples] == [
         ("bottle/a.png", "bottle"), ("bottle/deep/er/b.png", "bottle"), ("cable/c.JPG", "cable")
     ]
-    assert {(s.label, s.mask_path, s.split, s.defect_type) for s in samples} == {(UNLABELLED, None, "predict", "unknown")}
+    fields = {(s.label, s.mask_path, s.split, s.defect_type) for s in samples}
+    assert fields == {(UNLABELLED, None, "predict", "unknown")}
     assert "readme.txt" in caplog.text
 
 

@@ -1,0 +1,88 @@
+"""Decision thresholds and overlay colour ranges per category, chosen on the validation normals."""
+
+from collections import defaultdict
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from anomaly_diff.callbacks.distributed import gather_objects
+from anomaly_diff.data.batch import Batch
+
+
+class NormalCalibration(Callback):
+    """Set each category's image-score threshold from the scores of its validation normals.
+
+    Validation holds normal images only (held-out training normals), so no threshold can trade misses against
+    false alarms; the one chosen is the ``quantile`` of a category's validation scores: an image scoring above it
+    is *anomalous*, and about ``1 - quantile`` of normal images are expected above it (with the few validation
+    images of a category, a high quantile is close to their maximum). The overlay colour range of the category
+    is the smallest map value of its validation normals and the same quantile of their per-image map maxima, so
+    red means "beyond what normal images showed".
+
+    At the end of every validation epoch of ``fit`` (not the sanity check) the model's ``score_thresholds`` and
+    ``map_ranges`` buffers are overwritten with the values of that epoch's weights, so every checkpoint written
+    after a validation carries the thresholds of its own weights. The scores come from
+    ``pl_module.predict_anomaly`` on the validation batches (the models' ``validation_step`` computes losses
+    only), gathered across DDP processes; duplicates a distributed sampler pads with are dropped by ``index``.
+
+    Args:
+        quantile: The quantile of the validation normals' scores used as threshold, in ``(0, 1]``.
+            Defaults to 0.99.
+    """
+
+    def __init__(self, quantile: float = 0.99) -> None:
+        if not 0 < quantile <= 1:
+            raise ValueError(f"calibration.quantile={quantile} is out of range; it must be in (0, 1]")
+        self.quantile = quantile
+        self._kept: dict[int, tuple[str, float, float, float]] = {}
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Forget the scores of the previous validation."""
+        self._kept = {}
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep each image's category, score and smallest and largest map value."""
+        if trainer.sanity_checking or dataloader_idx != 0:
+            return
+        prediction = pl_module.predict_anomaly(batch)
+        maps = prediction["anomaly_map"].detach().float().flatten(1)
+        rows = zip(
+            batch["index"].tolist(),
+            batch["category"],
+            prediction["pred_score"].detach().float().tolist(),
+            maps.amin(1).tolist(),
+            maps.amax(1).tolist(),
+            strict=True,
+        )
+        self._kept.update((index, rest) for index, *rest in rows)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the thresholds and colour ranges of the categories seen into the model's buffers."""
+        if trainer.sanity_checking:
+            return
+        kept = {}
+        for part in gather_objects(trainer, self._kept):  # every rank gets every row: the buffers stay equal
+            kept.update(part)
+        by_category = defaultdict(list)
+        for category, score, low, high in kept.values():
+            by_category[category].append((score, low, high))
+        if not by_category:
+            return
+        for category, rows in by_category.items():
+            score, low, high = torch.tensor(rows, dtype=torch.float64).unbind(1)
+            index = pl_module.categories.index(category)
+            pl_module.score_thresholds[index] = torch.quantile(score, self.quantile).item()
+            pl_module.map_ranges[index, 0] = low.min().item()
+            pl_module.map_ranges[index, 1] = torch.quantile(high, self.quantile).item()
+        missing = sorted(set(pl_module.categories) - by_category.keys())
+        if missing:
+            rank_zero_warn(f"no validation images of categories {missing}: their decision thresholds stay unset")
