@@ -86,12 +86,15 @@ class TestReport(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Gather the scores and kept examples of every process (a collective call: on every rank)."""
-        scores, kept = {}, defaultdict(list)
+        scores, kept = {}, defaultdict(dict)
         for part_scores, part_kept in gather_objects(trainer, (self._scores, dict(self._kept))):
             scores.update(part_scores)
             for key, heap in part_kept.items():
-                kept[key] += heap
-        self._gathered = scores, {key: sorted(heap, reverse=True)[: self.examples] for key, heap in kept.items()}
+                kept[key].update((entry[1], entry) for entry in heap)  # by index: a padded repeat counts once
+        self._gathered = scores, {
+            key: sorted(entries.values(), key=lambda entry: entry[:2], reverse=True)[: self.examples]
+            for key, entries in kept.items()
+        }
         self._scores, self._kept = {}, defaultdict(list)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -57,3 +57,18 @@ def test_predict_step_carries_path_and_category():
     out = model.predict_step(batch, 0)
     assert out["path"] == ["x.png", "y.png"] and out["category"] == ["a", "a"]
     torch.testing.assert_close(out["anomaly_map"], batch["image"].mean(dim=1))
+
+
+def test_calibration_travels_in_checkpoints_and_old_checkpoints_load_uncalibrated(tmp_path):
+    model = ConstantLoss(["a", "b"])
+    assert model.score_thresholds.isnan().all() and model.map_ranges.shape == (2, 2)
+    model.score_thresholds[:] = torch.tensor([0.25, 0.5])
+    checkpoint = {"state_dict": dict(model.state_dict())}
+    restored = ConstantLoss(["a", "b"])
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])
+    assert restored.score_thresholds.tolist() == [0.25, 0.5]
+    old = {"state_dict": {k: v for k, v in model.state_dict().items() if k not in ("score_thresholds", "map_ranges")}}
+    restored.on_load_checkpoint(old)
+    restored.load_state_dict(old["state_dict"])  # strict: the hook filled the missing buffers
+    assert restored.score_thresholds.isnan().all() and restored.map_ranges.isnan().all()
