@@ -237,6 +237,19 @@ def category_unknown_to_the_checkpoint(tmp_path, fx):
                r"knows \['a'\]")
 
 
+def predict_path_missing(tmp_path, fx):
+    missing = tmp_path / "incoming"
+    return Run(["predict", "--config", str(_config(tmp_path, _data(tmp_path))), "--ckpt_path",
+                str(fx("autoencoder_checkpoint")), f"--data.path={missing}"], 1, [str(missing)], "images to predict")
+
+
+def predict_image_of_unknown_category(tmp_path, fx):
+    loose = write_image(tmp_path / "incoming" / "loose.png", np.zeros((32, 32, 3), dtype=np.uint8))
+    return Run(["predict", "--config", str(_config(tmp_path, _data(tmp_path))), "--ckpt_path",
+                str(fx("autoencoder_checkpoint")), f"--data.path={loose.parent}", "--data.init_args.categories=[a,z]"],
+               1, [str(loose), "['a', 'z']"], r"put it under .*/<category>/")
+
+
 CASES: dict[str, Callable] = {
     case.__name__: case
     for case in (
@@ -246,7 +259,8 @@ CASES: dict[str, Callable] = {
         deco_diff_max_mask_ratio_above_1, drdc_backbone_weights_missing, drdc_stage_checkpoint_missing,
         drdc_num_sets_below_1, drdc_gamma_negative, checkpoint_from_another_model, nonexistent_ckpt_path,
         ckpt_path_not_a_checkpoint,
-        unwritable_output_directory, category_unknown_to_the_checkpoint,
+        unwritable_output_directory, category_unknown_to_the_checkpoint, predict_path_missing,
+        predict_image_of_unknown_category,
     )
 }
 

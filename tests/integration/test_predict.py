@@ -135,12 +135,3 @@ def test_predict_on_a_folder_writes_scores_decisions_and_overlays(trained, model
     rows = list(csv.DictReader((newest / "predictions.csv").open()))
     assert {(row["threshold"], row["anomalous"]) for row in rows} == {("1000000000.0", "False")}
 
-
-def test_predict_names_an_image_of_unknown_category(trained, tmp_path, capsys):
-    config, _, run = trained
-    (tmp_path / "loose.png").write_bytes((trained[1] / "a" / "test" / "good" / "000.png").read_bytes())
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-              f"--data.path={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'out'}"])
-    assert exit_info.value.code == 1
-    assert f"cannot tell the category of {tmp_path / 'loose.png'}" in capsys.readouterr().err
