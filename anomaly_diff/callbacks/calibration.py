@@ -5,6 +5,7 @@ from collections import defaultdict
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
 
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.data.batch import Batch
@@ -25,17 +26,34 @@ class NormalCalibration(Callback):
     after a validation carries the thresholds of its own weights. The scores come from
     ``pl_module.predict_anomaly`` on the validation batches (the models' ``validation_step`` computes losses
     only), gathered across DDP processes; duplicates a distributed sampler pads with are dropped by ``index``.
+    The prediction runs with the random states saved and restored, so calibrating never changes the training
+    (a diffusion sampler's noise would otherwise shift the random stream of every later step).
 
     Args:
         quantile: The quantile of the validation normals' scores used as threshold, in ``(0, 1]``.
             Defaults to 0.99.
+        every_n_epochs: Calibrate at the validations of every n-th epoch only, and at the final one (``max_epochs``
+            or ``max_steps`` reached), for models whose prediction is expensive (DRDC's refinement samples 40 UNet
+            passes per image). A run stopped early keeps the thresholds of its last calibration. Defaults to 1.
     """
 
-    def __init__(self, quantile: float = 0.99) -> None:
+    def __init__(self, quantile: float = 0.99, every_n_epochs: int = 1) -> None:
         if not 0 < quantile <= 1:
             raise ValueError(f"calibration.quantile={quantile} is out of range; it must be in (0, 1]")
+        if every_n_epochs < 1:
+            raise ValueError(f"calibration.every_n_epochs={every_n_epochs} is out of range; it must be >= 1")
         self.quantile = quantile
+        self.every_n_epochs = every_n_epochs
         self._kept: dict[int, tuple[str, float, float, float]] = {}
+
+    def _calibrating(self, trainer: Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        epoch = trainer.current_epoch + 1
+        final = (trainer.max_epochs is not None and epoch >= trainer.max_epochs) or (
+            trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        )
+        return final or epoch % self.every_n_epochs == 0
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Forget the scores of the previous validation."""
@@ -51,9 +69,10 @@ class NormalCalibration(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Keep each image's category, score and smallest and largest map value."""
-        if trainer.sanity_checking or dataloader_idx != 0:
+        if dataloader_idx != 0 or not self._calibrating(trainer):
             return
-        prediction = pl_module.predict_anomaly(batch)
+        with isolate_rng():  # a sampler's noise must not shift the training's random stream
+            prediction = pl_module.predict_anomaly(batch)
         maps = prediction["anomaly_map"].detach().float().flatten(1)
         rows = zip(
             batch["index"].tolist(),
@@ -67,7 +86,7 @@ class NormalCalibration(Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the thresholds and colour ranges of the categories seen into the model's buffers."""
-        if trainer.sanity_checking:
+        if not self._calibrating(trainer):
             return
         kept = {}
         for part in gather_objects(trainer, self._kept):  # every rank gets every row: the buffers stay equal

@@ -28,8 +28,13 @@ def batch_of(values, categories, indices):
     return {"image": images, "category": categories, "index": torch.tensor(indices)}
 
 
+def fitting(epoch=0, sanity_checking=False, max_epochs=10, max_steps=-1, global_step=0):
+    return SimpleNamespace(sanity_checking=sanity_checking, world_size=1, current_epoch=epoch, max_epochs=max_epochs,
+                           max_steps=max_steps, global_step=global_step)
+
+
 def run_epoch(callback, model, batches, trainer=None):
-    trainer = trainer or SimpleNamespace(sanity_checking=False, world_size=1)
+    trainer = trainer or fitting()
     callback.on_validation_epoch_start(trainer, model)
     for batch in batches:
         callback.on_validation_batch_end(trainer, model, None, batch, 0)
@@ -54,7 +59,7 @@ def test_thresholds_and_colour_ranges_are_quantiles_of_the_validation_normals():
 def test_a_new_validation_replaces_the_thresholds_and_the_sanity_check_is_ignored():
     model, callback = ScoreModel(["a"]), NormalCalibration(quantile=1.0)
     run_epoch(callback, model, [batch_of([4.0], ["a"], [0])])
-    run_epoch(callback, model, [batch_of([9.0], ["a"], [0])], SimpleNamespace(sanity_checking=True, world_size=1))
+    run_epoch(callback, model, [batch_of([9.0], ["a"], [0])], fitting(sanity_checking=True))
     assert model.score_thresholds.item() == pytest.approx(4.0 - 1 / 12)
     run_epoch(callback, model, [batch_of([2.0], ["a"], [0])])
     assert model.score_thresholds.item() == pytest.approx(2.0 - 1 / 12)
@@ -69,7 +74,23 @@ def test_rows_of_every_process_are_used_once(monkeypatch):
     assert model.score_thresholds.item() == pytest.approx(7.0)  # the median of (1 - 1/12, 7, 8), not of four rows
 
 
-@pytest.mark.parametrize("quantile", [0.0, 1.5])
-def test_quantile_out_of_range_is_named(quantile):
-    with pytest.raises(ValueError, match=rf"calibration.quantile={quantile} is out of range; it must be in \(0, 1\]"):
-        NormalCalibration(quantile)
+@pytest.mark.parametrize(
+    ("trainer", "calibrated"),
+    [(fitting(epoch=1), False), (fitting(epoch=2), True), (fitting(epoch=9), True),  # every 3rd epoch and the last
+     (fitting(epoch=4, max_epochs=None, max_steps=50, global_step=50), True), (fitting(epoch=3), False)],
+)
+def test_every_n_epochs_and_the_final_epoch_calibrate(trainer, calibrated):
+    model = ScoreModel(["a"])
+    run_epoch(NormalCalibration(quantile=1.0, every_n_epochs=3), model, [batch_of([4.0], ["a"], [0])], trainer)
+    assert bool(model.score_thresholds.isfinite()) == calibrated
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"quantile": 0.0}, r"quantile=0.0 is out of range; it must be in \(0, 1\]"),
+     ({"quantile": 1.5}, r"quantile=1.5 is out of range"),
+     ({"every_n_epochs": 0}, r"every_n_epochs=0 is out of range; it must be >= 1")],
+)
+def test_out_of_range_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=f"calibration.{message}"):
+        NormalCalibration(**kwargs)
