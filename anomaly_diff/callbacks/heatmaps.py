@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
 
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.data.batch import Batch, Prediction
@@ -39,6 +40,19 @@ def overlay_panel(
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(outlined, contours, -1, (255, 0, 0), 1)
     return np.concatenate([rgb, blended, outlined], axis=1)
+
+
+def sample_arrays(batch: Batch, anomaly_maps: Tensor, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Copies of sample ``i``'s image ``(H, W, 3)``, anomaly map ``(H, W)`` and mask ``(H, W)`` as numpy arrays.
+
+    Copies, not views: a view of ``batch[...][i]`` (``.float().cpu()`` is a no-op on float CPU tensors) would keep
+    the whole batch's image, map and mask alive for as long as the sample is kept.
+    """
+    return (
+        batch["image"][i].permute(1, 2, 0).float().cpu().numpy().copy(),
+        anomaly_maps[i].float().cpu().numpy().copy(),
+        batch["mask"][i].cpu().numpy().copy(),
+    )
 
 
 def shared_colour_range(maps: list[np.ndarray]) -> tuple[float, float]:
@@ -77,7 +91,8 @@ class HeatmapWriter(Callback):
         if per_category < 0:
             raise ValueError(f"heatmaps.per_category must be >= 0, got {per_category}")
         self.per_category = per_category
-        self._samples: dict[tuple[str, str], dict[int, tuple[str, np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self._samples: dict[tuple[str, str], dict[int, tuple[str, np.ndarray, np.ndarray, np.ndarray]]]
+        self._samples = defaultdict(dict)
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Forget the samples of an earlier test run."""
@@ -92,20 +107,11 @@ class HeatmapWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep copies of the first ``per_category`` samples of each category and defect type.
-
-        The arrays are copied: a view of ``batch[...][i]`` (``.float().cpu()`` is a no-op on float CPU tensors)
-        would keep the whole batch's image, map and mask alive, one batch per kept sample.
-        """
+        """Keep copies (:func:`sample_arrays`) of the first ``per_category`` samples of each category and defect."""
         for i, (category, path) in enumerate(zip(batch["category"], batch["path"], strict=True)):
             kept = self._samples[(category, Path(path).parent.name)]
             if len(kept) < self.per_category:
-                kept[int(batch["index"][i])] = (
-                    batch["path"][i],
-                    batch["image"][i].permute(1, 2, 0).float().cpu().numpy().copy(),
-                    outputs["anomaly_map"][i].float().cpu().numpy().copy(),
-                    batch["mask"][i].cpu().numpy().copy(),
-                )
+                kept[int(batch["index"][i])] = (path, *sample_arrays(batch, outputs["anomaly_map"], i))
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Gather the kept samples of every process; write the first of each kind on global rank zero."""
@@ -113,7 +119,7 @@ class HeatmapWriter(Callback):
         for part in gather_objects(trainer, dict(self._samples)):
             for key, kept in part.items():
                 merged[key].update(kept)
-        self._samples = {}
+        self._samples = defaultdict(dict)
         if not trainer.is_global_zero:
             return
         chosen = {key: [kept[i] for i in sorted(kept)[: self.per_category]] for key, kept in merged.items()}

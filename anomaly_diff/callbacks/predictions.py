@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
 from anomaly_diff.callbacks.distributed import gather_objects
-from anomaly_diff.callbacks.heatmaps import overlay_panel, write_png
+from anomaly_diff.callbacks.heatmaps import overlay_panel, sample_arrays, write_png
 from anomaly_diff.data.batch import Batch
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.utils.io import atomic_write_text
@@ -65,20 +65,19 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         """Write the batch's overlays and keep its CSV rows."""
         out_dir = run_directory(trainer)
+        classes = pl_module.class_indices(batch["category"]).tolist()
         thresholds = pl_module.score_thresholds.tolist()
         ranges = pl_module.map_ranges.tolist()
-        class_of = {name: i for i, name in enumerate(pl_module.categories)}
         for i, (path, category) in enumerate(zip(batch["path"], batch["category"], strict=True)):
             index = int(batch["index"][i])
-            anomaly_map = prediction["anomaly_map"][i].float().cpu().numpy()
-            low, high = ranges[class_of[category]]
+            image, anomaly_map, _ = sample_arrays(batch, prediction["anomaly_map"], i)
+            low, high = ranges[classes[i]]
             if math.isnan(low):
                 low, high = float(anomaly_map.min()), float(anomaly_map.max())
             overlay = Path("predictions") / category / f"{index:06d}_{Path(path).stem}.png"
-            image = batch["image"][i].permute(1, 2, 0).float().cpu().numpy()
             write_png(out_dir / overlay, overlay_panel(image, anomaly_map, None, low, high), path)
             score = float(prediction["pred_score"][i])
-            threshold = self.threshold if self.threshold is not None else thresholds[class_of[category]]
+            threshold = self.threshold if self.threshold is not None else thresholds[classes[i]]
             decided = not math.isnan(threshold)
             self._rows[(dataloader_idx, index)] = {
                 "path": path,

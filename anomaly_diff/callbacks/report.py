@@ -10,7 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.callbacks.evaluation import Evaluator
-from anomaly_diff.callbacks.heatmaps import overlay_panel, shared_colour_range, write_png
+from anomaly_diff.callbacks.heatmaps import overlay_panel, sample_arrays, shared_colour_range, write_png
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.metrics.report import to_markdown
@@ -73,13 +73,7 @@ class TestReport(Callback):
                 rank_key = (score if highest else -score, -index)  # the larger, the more it belongs in the report
                 if len(heap) == self.examples and rank_key <= heap[0][0]:
                     continue
-                picture = (
-                    path,
-                    score,
-                    batch["image"][i].permute(1, 2, 0).float().cpu().numpy().copy(),  # copies: see HeatmapWriter
-                    outputs["anomaly_map"][i].float().cpu().numpy().copy(),
-                    batch["mask"][i].cpu().numpy().copy(),
-                )
+                picture = (path, score, *sample_arrays(batch, outputs["anomaly_map"], i))
                 heapq.heappush(heap, (rank_key, index, picture))
                 if len(heap) > self.examples:
                     heapq.heappop(heap)

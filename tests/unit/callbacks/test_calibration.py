@@ -18,6 +18,9 @@ class ScoreModel(torch.nn.Module):
         for name, shape in CALIBRATION_BUFFERS.items():
             self.register_buffer(name, torch.full((len(categories), *shape), float("nan")))
 
+    def class_indices(self, names):
+        return torch.tensor([self.categories.index(name) for name in names])
+
     def predict_anomaly(self, batch):
         return {"anomaly_map": batch["image"][:, 0], "pred_score": batch["image"].mean((1, 2, 3))}
 

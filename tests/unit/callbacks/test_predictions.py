@@ -10,7 +10,8 @@ from tests.unit.callbacks.test_calibration import ScoreModel
 
 def predict(writer, model, tmp_path, scores):
     trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path))
-    batch = {"image": torch.rand(len(scores), 3, 4, 4), "category": ["a", "b"][: len(scores)],
+    batch = {"image": torch.rand(len(scores), 3, 4, 4), "mask": torch.zeros(len(scores), 4, 4),
+             "category": ["a", "b"][: len(scores)],
              "path": [f"/in/{i}.png" for i in range(len(scores))], "index": torch.arange(len(scores))}
     prediction = {"anomaly_map": torch.rand(len(scores), 4, 4), "pred_score": torch.tensor(scores)}
     writer.on_predict_start(trainer, model)
