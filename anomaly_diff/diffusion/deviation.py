@@ -5,18 +5,19 @@ Multi-Class Unsupervised Anomaly Detection" (CVPR 2025), with ``M`` = 1 on clean
 
 - forward: ``x_t = M * x0 + (1 - M) * (sqrt(a_t) * x0 + sqrt(1 - a_t) * e)``
 - target:  ``d = (1 - M) * (e - (1 - sqrt(a_t)) / sqrt(1 - a_t) * x0)``, so ``x_t - sqrt(1 - a_t) * d = x0``
-- step:    ``x0_hat = x_t - sqrt(1 - a_t) * d_hat``; ``x_{t-1} = x0_hat + sqrt(1 - a_{t-1}) * d_hat``
+- step:    ``x0_hat = x_t - sqrt(1 - a_t) * d_hat``; ``x_next = x0_hat + sqrt(1 - a_next) * d_hat``, where ``next`` is
+  the chain's next timestep (the reference's respaced chain: 8, 6, 4, 2, 0 of T = 10)
 
 The step is not one of diffusers' prediction types (``epsilon``, ``sample``, ``v_prediction``), so it is
 written here from the schedule's ``alphas_cumprod``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from anomaly_diff.diffusion.schedule import NoiseSchedule
+from anomaly_diff.diffusion.schedule import NoiseSchedule, check_chain
 
 DeviationPredictor = Callable[[Tensor, Tensor], Tensor]
 """``predict(x_t (B, C, H, W), timesteps (B,)) -> d_hat (B, C, H, W)``."""
@@ -57,29 +58,39 @@ def deviation_target(x0: Tensor, noise: Tensor, keep: Tensor, schedule: NoiseSch
     return (1.0 - keep) * (noise - (1.0 - signal) / sigma * x0)
 
 
-def correct_deviations(predict: DeviationPredictor, x: Tensor, schedule: NoiseSchedule, t_start: int) -> Tensor:
-    """Run the deterministic deviation-correction chain from ``t_start`` down to 0, starting from ``x`` itself.
+def correct_deviations(
+    predict: DeviationPredictor, x: Tensor, schedule: NoiseSchedule, timesteps: Sequence[int]
+) -> Tensor:
+    """Run the deterministic deviation-correction chain over ``timesteps``, starting from ``x`` itself.
 
-    No noise is added: the observed latent is treated as ``x_{t_start}``. The loop runs over timesteps only;
-    each step handles the whole batch.
+    No noise is added: the observed latent is treated as ``x_{timesteps[0]}``. At each timestep ``t`` of the
+    chain, ``x0_hat = x - sqrt(1 - a_t) d_hat`` and the next input is ``x0_hat + sqrt(1 - a_next) d_hat`` with
+    ``a_next`` of the chain's next timestep; the last step returns ``x0_hat``. This is the reference's
+    ``ddim_deviation_sample`` on its respaced process, whose ``t - 1`` is the previous kept timestep (e.g.
+    ``[8, 6, 4, 2, 0]``, see :func:`~anomaly_diff.diffusion.schedule.respaced_timesteps`). The loop runs over
+    timesteps only; each step handles the whole batch.
 
     Args:
         predict: The deviation predictor (the class condition bound in).
         x: ``(B, C, H, W)`` encoded latents of the test images.
         schedule: The noise schedule the predictor was trained with.
-        t_start: First timestep index, in ``[0, T)``; the reference's ``--reverse-steps 5`` is ``t_start=4``.
+        timesteps: The chain, strictly decreasing timesteps in ``[0, T)``.
 
     Returns:
-        ``(B, C, H, W)`` the corrected latents ``x0_hat`` after the step at ``t = 0``.
+        ``(B, C, H, W)`` the corrected latents ``x0_hat`` after the chain's last step.
 
     Raises:
-        ValueError: ``t_start`` is outside ``[0, T)``.
+        ValueError: ``timesteps`` is empty, not strictly decreasing, or outside ``[0, T)``.
     """
-    if not 0 <= t_start < schedule.num_timesteps:
-        raise ValueError(f"t_start={t_start} must lie in [0, {schedule.num_timesteps}) for this schedule")
-    for step in range(t_start, -1, -1):
-        timesteps = torch.full((x.shape[0],), step, dtype=torch.long, device=x.device)
-        deviation = predict(x, timesteps)
-        x0_hat = x - schedule.noise_rate(timesteps, x.ndim) * deviation
-        x = x0_hat + schedule.noise_rate(timesteps - 1, x.ndim) * deviation if step > 0 else x0_hat
+    chain = check_chain(timesteps, schedule.num_timesteps)
+    for step, following in zip(chain, [*chain[1:], None], strict=True):
+        current = _full(x, step)
+        deviation = predict(x, current)
+        x0_hat = x - schedule.noise_rate(current, x.ndim) * deviation
+        x = x0_hat if following is None else x0_hat + schedule.noise_rate(_full(x, following), x.ndim) * deviation
     return x
+
+
+def _full(x: Tensor, timestep: int) -> Tensor:
+    """``(B,)`` int64 timesteps, all ``timestep``, on ``x``'s device."""
+    return torch.full((x.shape[0],), timestep, dtype=torch.long, device=x.device)

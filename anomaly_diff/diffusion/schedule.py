@@ -1,4 +1,6 @@
-"""The noise schedule a_t (cumulative signal rate) of a diffusers scheduler, held as a device-following buffer."""
+"""The noise schedule a_t (cumulative signal rate) of a diffusers scheduler, and the reference's timestep respacing."""
+
+from collections.abc import Sequence
 
 import torch
 from diffusers import DDIMScheduler
@@ -69,3 +71,57 @@ class NoiseSchedule(nn.Module):
         """
         device = self.alphas_cumprod.device if device is None else device
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device)
+
+
+def respaced_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """The ``count`` timesteps of DeCo-Diff's test-time chain, in the order they are visited (descending).
+
+    The reference evaluates with ``create_diffusion(f"ddim{count}", diffusion_steps=T)`` and walks every index of
+    that respaced process (``ddim_deviation_sample_loop(start_t=count)``). Its ``space_timesteps`` rule for
+    ``"ddimN"`` (``diffusion/respace.py``, from OpenAI's improved-diffusion) keeps ``range(0, T, stride)`` for the
+    smallest integer stride in ``[1, T)`` that gives exactly ``N`` steps; the UNet and ``a_t`` then see these
+    original timesteps. With ``T = 10``: 5 -> ``[8, 6, 4, 2, 0]``, 4 -> ``[9, 6, 3, 0]``, 3 -> ``[8, 4, 0]``,
+    2 -> ``[5, 0]``.
+
+    Raises:
+        ValueError: No integer stride gives exactly ``count`` steps (the reference raises too).
+    """
+    for stride in range(1, num_timesteps):
+        kept = range(0, num_timesteps, stride)
+        if len(kept) == count:
+            return list(reversed(kept))
+    raise ValueError(
+        f"reverse_steps={count}: no integer stride gives exactly {count} of {num_timesteps} timesteps "
+        f"(the reference's 'ddim{count}' respacing); choose another count or give the timesteps explicitly"
+    )
+
+
+def check_chain(timesteps: Sequence[int], num_timesteps: int) -> list[int]:
+    """Validate a test-time chain: non-empty, strictly decreasing timesteps in ``[0, T)``; returns it as a list.
+
+    Raises:
+        ValueError: The chain is empty, not strictly decreasing, or leaves ``[0, T)``.
+    """
+    chain = [int(t) for t in timesteps]
+    decreasing = all(a > b for a, b in zip(chain, chain[1:], strict=False))
+    if not chain or not decreasing or chain[0] >= num_timesteps or chain[-1] < 0:
+        raise ValueError(
+            f"timesteps={chain} must be strictly decreasing timesteps in [0, {num_timesteps}), e.g. [8, 6, 4, 2, 0]"
+        )
+    return chain
+
+
+def resolve_chain(num_timesteps: int, reverse_steps: int | None, timesteps: Sequence[int] | None) -> list[int]:
+    """The test-time chain from exactly one of the reference's ``reverse_steps`` or explicit ``timesteps``.
+
+    Raises:
+        ValueError: Both or neither are given, or the one given is invalid.
+    """
+    if (reverse_steps is None) == (timesteps is None):
+        raise ValueError(
+            f"give exactly one of reverse_steps (the reference's knob, e.g. 5 -> [8, 6, 4, 2, 0]) and timesteps "
+            f"(explicit, e.g. [8, 6, 4, 2, 0]); got reverse_steps={reverse_steps}, timesteps={timesteps}"
+        )
+    if timesteps is None:
+        return respaced_timesteps(num_timesteps, reverse_steps)
+    return check_chain(timesteps, num_timesteps)

@@ -161,10 +161,10 @@ def deco_diff_autoencoder_missing(tmp_path, fx):
                "configs/autoencoder")
 
 
-def deco_diff_t_start_out_of_range(tmp_path, fx):
-    model = _deco_diff(fx("tiny_autoencoder"), num_train_timesteps=10, t_start=10)
-    return Run(["fit", "--config", str(_config(tmp_path, _data(tmp_path), model))], 1, ["t_start=10"],
-               r"must lie in \[0, num_train_timesteps=10\)")
+def deco_diff_chain_out_of_range(tmp_path, fx):
+    model = _deco_diff(fx("tiny_autoencoder"), num_train_timesteps=10, reverse_steps=None, timesteps=[10, 5, 0])
+    return Run(["fit", "--config", str(_config(tmp_path, _data(tmp_path), model))], 1, ["timesteps=[10, 5, 0]"],
+               r"must be strictly decreasing timesteps in \[0, 10\)")
 
 
 def deco_diff_max_mask_ratio_above_1(tmp_path, fx):
@@ -255,7 +255,7 @@ CASES: dict[str, Callable] = {
     for case in (
         missing_data_root, data_root_is_a_file, corrupt_image, truncated_png, missing_mask, mask_size_mismatch,
         unknown_category, empty_training_split, missing_test_split, config_key_typo, wrong_type_for_a_key,
-        missing_config_file, out_of_range_data_argument, deco_diff_autoencoder_missing, deco_diff_t_start_out_of_range,
+        missing_config_file, out_of_range_data_argument, deco_diff_autoencoder_missing, deco_diff_chain_out_of_range,
         deco_diff_max_mask_ratio_above_1, drdc_backbone_weights_missing, drdc_stage_checkpoint_missing,
         drdc_num_sets_below_1, drdc_gamma_negative, checkpoint_from_another_model, nonexistent_ckpt_path,
         ckpt_path_not_a_checkpoint,

@@ -11,6 +11,7 @@ from torch import Tensor
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.diffusion.deviation import corrupt, deviation_target
 from anomaly_diff.diffusion.masks import sample_patch_corruption
+from anomaly_diff.diffusion.schedule import resolve_chain
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.autoencoder import LatentCodec
 from anomaly_diff.models.components.sample_cache import SampleCache
@@ -23,8 +24,8 @@ class DeCoDiff(AnomalyModule):
     Training (normal images only): encode with the frozen autoencoder; per sample, corrupt a random fraction
     ``U(0, max_mask_ratio)`` of random-size latent patches by the forward diffusion to a random timestep, with
     noise that is Gaussian except on a fraction ``U(0, max_shuffle_ratio)`` of patches holding shuffled latents
-    of the batch; regress the deviation target with MSE. Testing: correct the encoded image from ``t_start``
-    down to 0 (no noise, true class) and compare in image and latent space (:class:`AnomalyMapConfig`).
+    of the batch; regress the deviation target with MSE. Testing: correct the encoded image along a short chain
+    of timesteps (no noise, true class) and compare in image and latent space (:class:`AnomalyMapConfig`).
 
     Args:
         categories: Category names (filled from the data by the CLI).
@@ -34,7 +35,11 @@ class DeCoDiff(AnomalyModule):
             Defaults to ``"L"`` (the released weights).
         num_train_timesteps: Diffusion timesteps T. Defaults to ``10``.
         beta_schedule: diffusers beta schedule. Defaults to ``"squaredcos_cap_v2"``.
-        t_start: First timestep of the test-time correction, 0-based. Defaults to ``4`` (the reference's 5th).
+        reverse_steps: The test-time chain as the reference sets it (``--reverse-steps``): that many timesteps
+            of ``T`` by its respacing rule, 5 -> ``[8, 6, 4, 2, 0]``, 4 -> ``[9, 6, 3, 0]``, 3 -> ``[8, 4, 0]``
+            (:func:`~anomaly_diff.diffusion.schedule.respaced_timesteps`). Defaults to ``5`` (the reference's).
+        timesteps: The chain given explicitly instead (strictly decreasing, e.g. ``[4, 3, 2, 1, 0]``); set
+            ``reverse_steps`` to null when using it.
         patch_sizes: Patch sides of the corruption mask, in latent cells. Defaults to ``(1, 2, 4, 8, 16)``.
         patch_size_probs: Their probabilities. Defaults to ``(0.3, 0.25, 0.2, 0.15, 0.1)``.
         max_mask_ratio: Upper bound of the corrupted fraction. Defaults to ``0.7``.
@@ -57,7 +62,8 @@ class DeCoDiff(AnomalyModule):
         unet: str | UNetPreset = "L",
         num_train_timesteps: int = 10,
         beta_schedule: str = "squaredcos_cap_v2",
-        t_start: int = 4,
+        reverse_steps: int | None = 5,
+        timesteps: Sequence[int] | None = None,
         patch_sizes: Sequence[int] = (1, 2, 4, 8, 16),
         patch_size_probs: Sequence[float] = (0.3, 0.25, 0.2, 0.15, 0.1),
         max_mask_ratio: float = 0.7,
@@ -83,7 +89,7 @@ class DeCoDiff(AnomalyModule):
             latent_channels=codec.vae.config.latent_channels,
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
-            t_start=t_start,
+            timesteps=resolve_chain(num_train_timesteps, reverse_steps, timesteps),
             anomaly_map=anomaly_map,
         )
         self.patch_sizes = tuple(patch_sizes)

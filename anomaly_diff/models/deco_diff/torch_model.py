@@ -2,11 +2,12 @@
 
 Beizaee et al., "Correcting Deviations from Normality: A Reformulated Diffusion Model for Multi-Class
 Unsupervised Anomaly Detection" (CVPR 2025). The denoiser predicts the deviation ``d`` of a latent from
-normality (see :mod:`anomaly_diff.diffusion.deviation`); at test time the encoded image is corrected from
-``t_start`` down to 0 with no added noise, and the anomaly map compares the correction with the input in
-image and latent space.
+normality (see :mod:`anomaly_diff.diffusion.deviation`); at test time the encoded image is corrected along a
+short chain of timesteps (the reference's 8, 6, 4, 2, 0 of 10) with no added noise, and the anomaly map compares
+the correction with the input in image and latent space.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -15,7 +16,7 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
 from anomaly_diff.diffusion.deviation import correct_deviations
-from anomaly_diff.diffusion.schedule import NoiseSchedule
+from anomaly_diff.diffusion.schedule import NoiseSchedule, check_chain
 from anomaly_diff.models.components.anomaly_map import (
     Fusion,
     clip_and_scale,
@@ -141,7 +142,7 @@ class AnomalyMapConfig:
         fusion: ``"geometric"`` ``sqrt(image * latent)`` or ``"arithmetic"`` mean.
         image_reference: What the reconstruction is compared with in image space: ``"decoded"`` = the
             autoencoder's reconstruction of the input latent (the reference: autoencoder errors cancel), or
-            ``"input"`` = the input image.
+            ``"input"`` = the input image. Decoder outputs are compared unclamped, as the reference does.
         score_top_k: The image score is the mean of the ``score_top_k`` highest map values (1 = the maximum).
     """
 
@@ -162,7 +163,7 @@ class DeCoDiffOutput(NamedTuple):
     Attributes:
         anomaly_map: ``(B, H, W)`` fused map.
         pred_score: ``(B,)`` image scores.
-        reconstruction: ``(B, 3, H, W)`` decoded corrected latents, in ``[0, 1]``.
+        reconstruction: ``(B, 3, H, W)`` decoded corrected latents, clamped to ``[0, 1]`` for display.
         image_map: ``(B, H, W)`` image part of the map.
         latent_map: ``(B, H, W)`` latent part, upsampled to the image.
     """
@@ -182,7 +183,7 @@ class DeCoDiffModel(nn.Module):
 
     Args:
         codec: The frozen autoencoder, a module with ``encode(image (B, 3, H, W) in [0, 1]) -> (B, C, h, w)``
-            and ``decode(latents) -> (B, 3, H, W) in [0, 1]``
+            and ``decode(latents, clamp) -> (B, 3, H, W)`` in ``[0, 1]`` (raw, possibly overshooting, when not ``clamp``)
             (:class:`~anomaly_diff.models.components.autoencoder.LatentCodec`).
         num_classes: Number of categories.
         unet: A preset name (``"tiny"``, ``"XS"`` .. ``"XL"``) or a :class:`UNetPreset`. Defaults to ``"L"``
@@ -190,7 +191,9 @@ class DeCoDiffModel(nn.Module):
         latent_channels: Channels of the codec's latents. Defaults to ``4``.
         num_train_timesteps: Diffusion timesteps T. Defaults to ``10``.
         beta_schedule: diffusers beta schedule. Defaults to ``"squaredcos_cap_v2"``.
-        t_start: First timestep of the correction at test time (0-based; the reference's 5th of 10 is 4).
+        timesteps: The test-time chain, strictly decreasing timesteps in ``[0, T)``. Defaults to the reference's
+            ``(8, 6, 4, 2, 0)`` (``--reverse-steps 5`` of 10, see
+            :func:`~anomaly_diff.diffusion.schedule.respaced_timesteps`).
         anomaly_map: How maps and scores are computed. Defaults to ``AnomalyMapConfig()`` (the reference's).
 
     Example:
@@ -210,20 +213,18 @@ class DeCoDiffModel(nn.Module):
         latent_channels: int = 4,
         num_train_timesteps: int = 10,
         beta_schedule: str = "squaredcos_cap_v2",
-        t_start: int = 4,
+        timesteps: Sequence[int] = (8, 6, 4, 2, 0),
         anomaly_map: AnomalyMapConfig | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if not 0 <= t_start < num_train_timesteps:
-            raise ValueError(f"t_start={t_start} must lie in [0, num_train_timesteps={num_train_timesteps})")
         preset = resolve_preset(unet)
         self.codec = codec
         self.unet = build_unet(preset, latent_channels)
         self.class_embedding = nn.Embedding(num_classes, preset.context_dim)
         self.schedule = NoiseSchedule(num_train_timesteps, beta_schedule)
-        self.t_start = t_start
+        self.timesteps = check_chain(timesteps, num_train_timesteps)
         self.map_config = anomaly_map or AnomalyMapConfig()
 
     def forward(self, latents: Tensor, timesteps: Tensor, class_index: Tensor) -> Tensor:
@@ -232,29 +233,30 @@ class DeCoDiffModel(nn.Module):
         return self.unet(latents, timesteps, encoder_hidden_states=context, return_dict=False)[0]
 
     @torch.no_grad()
-    def correct(self, latents: Tensor, class_index: Tensor, t_start: int | None = None) -> Tensor:
-        """Correct ``(B, C, h, w)`` latents from ``t_start`` (default: the model's) to 0; returns ``x0_hat``."""
-        t_start = self.t_start if t_start is None else t_start
-        return correct_deviations(lambda x, t: self(x, t, class_index), latents, self.schedule, t_start)
+    def correct(self, latents: Tensor, class_index: Tensor, timesteps: Sequence[int] | None = None) -> Tensor:
+        """Correct ``(B, C, h, w)`` latents along ``timesteps`` (default: the model's chain); returns ``x0_hat``."""
+        timesteps = self.timesteps if timesteps is None else timesteps
+        return correct_deviations(lambda x, t: self(x, t, class_index), latents, self.schedule, timesteps)
 
     @torch.no_grad()
-    def detect(self, image: Tensor, class_index: Tensor, t_start: int | None = None) -> DeCoDiffOutput:
+    def detect(self, image: Tensor, class_index: Tensor, timesteps: Sequence[int] | None = None) -> DeCoDiffOutput:
         """Anomaly maps, scores and reconstructions of ``(B, 3, H, W)`` images in ``[0, 1]``.
 
         Args:
             image: ``(B, 3, H, W)`` images in ``[0, 1]``.
             class_index: ``(B,)`` the true category of each image.
-            t_start: Overrides the model's ``t_start``.
+            timesteps: Overrides the model's chain.
 
         Returns:
             Maps, scores, reconstructions and the two map parts.
         """
         cfg = self.map_config
         latents = self.codec.encode(image)
-        corrected = self.correct(latents, class_index, t_start).float()
-        reconstruction = self.codec.decode(corrected)
-        reference = self.codec.decode(latents) if cfg.image_reference == "decoded" else image.float()
-        # |.| in [-1, 1] units, as the reference measures it: twice the difference in [0, 1] units
+        corrected = self.correct(latents, class_index, timesteps).float()
+        reconstruction = self.codec.decode(corrected, clamp=False)
+        reference = self.codec.decode(latents, clamp=False) if cfg.image_reference == "decoded" else image.float()
+        # |.| in [-1, 1] units, as the reference measures it: twice the difference in [0, 1] units. The decoder
+        # outputs are not clamped first: the reference compares them raw (they may overshoot [-1, 1]).
         image_diff = 2.0 * (reconstruction - reference).abs().amax(dim=1)
         image_map = gaussian_blur(clip_and_scale(image_diff, cfg.image_clip, cfg.image_scale), cfg.image_sigma)
         latent_diff = (corrected - latents.float()).abs().mean(dim=1)
@@ -264,7 +266,7 @@ class DeCoDiffModel(nn.Module):
         return DeCoDiffOutput(
             anomaly_map=anomaly_map,
             pred_score=image_score(anomaly_map, cfg.score_top_k),
-            reconstruction=reconstruction,
+            reconstruction=reconstruction.clamp(0.0, 1.0),
             image_map=image_map,
             latent_map=latent_map,
         )

@@ -48,27 +48,27 @@ def test_sampler_on_a_linear_model_matches_the_unrolled_chain(cosine_alphas_cump
         return k * x + t.float().reshape(-1, 1, 1, 1)
 
     x = torch.tensor([1.0, -2.0, 0.5]).reshape(3, 1, 1, 1)
-    result = correct_deviations(predict, x, schedule, t_start=2)
+    result = correct_deviations(predict, x, schedule, [8, 4, 0])
 
-    # by hand: t = 2, 1, 0; x_{t-1} = x0_hat + s_{t-1} d, and the t = 0 step returns x0_hat
-    x2 = x.double()
-    d2 = k * x2 + 2
-    x1 = (x2 - s[2] * d2) + s[1] * d2
-    d1 = k * x1 + 1
-    x0 = (x1 - s[1] * d1) + s[0] * d1
+    # by hand: t = 8, 4, 0; x_next = x0_hat + s_next d with the chain's next timestep; the last step returns x0_hat
+    x8 = x.double()
+    d8 = k * x8 + 8
+    x4 = (x8 - s[8] * d8) + s[4] * d8
+    d4 = k * x4 + 4
+    x0 = (x4 - s[4] * d4) + s[0] * d4
     d0 = k * x0
     expected = x0 - s[0] * d0
     torch.testing.assert_close(result.double(), expected, atol=1e-6, rtol=0)
-    assert [c.tolist() for c in calls] == [[2, 2, 2], [1, 1, 1], [0, 0, 0]]
+    assert [c.tolist() for c in calls] == [[8, 8, 8], [4, 4, 4], [0, 0, 0]]
 
 
 def test_sampler_with_zero_deviation_returns_the_input():
     x = torch.randn(2, 4, 8, 8)
-    out = correct_deviations(lambda z, t: torch.zeros_like(z), x, NoiseSchedule(10), t_start=4)
+    out = correct_deviations(lambda z, t: torch.zeros_like(z), x, NoiseSchedule(10), [8, 6, 4, 2, 0])
     assert torch.equal(out, x)
 
 
-@pytest.mark.parametrize("t_start", [-1, 10])
-def test_sampler_rejects_out_of_range_start(t_start):
-    with pytest.raises(ValueError, match=r"t_start=.* must lie in \[0, 10\)"):
-        correct_deviations(lambda z, t: z, torch.zeros(1, 4, 2, 2), NoiseSchedule(10), t_start)
+@pytest.mark.parametrize("timesteps", [[], [10, 0], [4, 4, 0], [2, 4], [3, -1]])
+def test_sampler_rejects_an_invalid_chain(timesteps):
+    with pytest.raises(ValueError, match=r"must be strictly decreasing timesteps in \[0, 10\)"):
+        correct_deviations(lambda z, t: z, torch.zeros(1, 4, 2, 2), NoiseSchedule(10), timesteps)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from anomaly_diff.diffusion.schedule import NoiseSchedule
+from anomaly_diff.diffusion.schedule import NoiseSchedule, resolve_chain, respaced_timesteps
 
 
 def test_alphas_cumprod_match_the_cosine_formula(cosine_alphas_cumprod):
@@ -38,3 +38,38 @@ def test_sample_timesteps_cover_the_range_uniformly():
 def test_invalid_length_is_rejected():
     with pytest.raises(ValueError, match="num_train_timesteps"):
         NoiseSchedule(0)
+
+
+def _reference_ddim_respacing(num_timesteps, count):
+    """The reference's rule, re-derived from its definition (DeCo-Diff diffusion/respace.py, "ddimN"): the
+    evenly strided subset of range(T) starting at 0 whose size is exactly N, for the smallest such stride; the
+    chain visits the subset from its largest element down."""
+    strides = [s for s in range(1, num_timesteps) if -(-num_timesteps // s) == count]
+    return sorted(range(0, num_timesteps, strides[0]), reverse=True) if strides else None
+
+
+@pytest.mark.parametrize("num_timesteps", [10, 20, 1000])
+def test_respaced_timesteps_follow_the_reference_rule(num_timesteps):
+    for count in range(1, num_timesteps + 1):
+        expected = _reference_ddim_respacing(num_timesteps, count)
+        if expected is None:
+            with pytest.raises(ValueError, match=f"reverse_steps={count}: no integer stride"):
+                respaced_timesteps(num_timesteps, count)
+        else:
+            assert respaced_timesteps(num_timesteps, count) == expected
+
+
+def test_reference_chains_at_ten_timesteps():
+    # the reference's --reverse-steps 5 (its default) and the other counts it documents
+    assert respaced_timesteps(10, 5) == [8, 6, 4, 2, 0]
+    assert [respaced_timesteps(10, n) for n in (2, 3, 4, 10)] == [[5, 0], [8, 4, 0], [9, 6, 3, 0], list(range(9, -1, -1))]
+
+
+def test_resolve_chain_takes_exactly_one_form():
+    assert resolve_chain(10, 5, None) == [8, 6, 4, 2, 0]
+    assert resolve_chain(10, None, (4, 3, 2, 1, 0)) == [4, 3, 2, 1, 0]
+    for reverse_steps, timesteps in ((5, [4, 0]), (None, None)):
+        with pytest.raises(ValueError, match="give exactly one of reverse_steps"):
+            resolve_chain(10, reverse_steps, timesteps)
+    with pytest.raises(ValueError, match=r"timesteps=\[0, 4\] must be strictly decreasing"):
+        resolve_chain(10, None, [0, 4])

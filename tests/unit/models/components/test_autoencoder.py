@@ -41,6 +41,12 @@ def test_codec_scales_the_posterior_mean_and_decodes_to_unit_range():
         expected = ((vae.decode(mean).sample + 1) / 2).clamp(0, 1)
     torch.testing.assert_close(decoded, expected)
     assert decoded.min() >= 0 and decoded.max() <= 1
+    # raw: the decoder's [-1, 1] output mapped to [0, 1] units without clamping (the DeCo-Diff reference's maps)
+    latents = latents * 20  # far outside the training range: the decoder overshoots
+    with torch.no_grad():
+        raw = (vae.decode(latents / 0.25).sample + 1) / 2
+    assert raw.min() < 0 or raw.max() > 1
+    torch.testing.assert_close(codec.decode(latents, clamp=False), raw)
 
 
 def test_codec_stays_frozen_and_in_eval_mode():

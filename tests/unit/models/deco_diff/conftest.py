@@ -12,7 +12,7 @@ class PoolingCodec(nn.Module):
     def encode(self, image):
         return F.avg_pool2d(image, 8)
 
-    def decode(self, latents):
+    def decode(self, latents, clamp=True):
         return F.interpolate(latents, scale_factor=8, mode="nearest")
 
 

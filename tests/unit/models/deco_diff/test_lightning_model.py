@@ -13,7 +13,7 @@ CATEGORIES = ["brick", "coffee"]
 
 def make_model(autoencoder_dir, **kwargs):
     torch.manual_seed(0)
-    settings = dict(unet="tiny", patch_sizes=(1, 2, 4), patch_size_probs=(0.4, 0.3, 0.3), t_start=2)
+    settings = dict(unet="tiny", patch_sizes=(1, 2, 4), patch_size_probs=(0.4, 0.3, 0.3), reverse_steps=3)
     return DeCoDiff(categories=CATEGORIES, autoencoder=str(autoencoder_dir), **{**settings, **kwargs})
 
 
@@ -67,7 +67,7 @@ def test_checkpoint_round_trip_gives_identical_maps(tiny_autoencoder_dir, tmp_pa
     first, second = model.predict_anomaly(batch), restored.predict_anomaly(batch)
     assert torch.equal(first["anomaly_map"], second["anomaly_map"])
     assert torch.equal(first["pred_score"], second["pred_score"])
-    assert restored.categories == CATEGORIES and restored.model.t_start == 2
+    assert restored.categories == CATEGORIES and restored.model.timesteps == [8, 4, 0]
 
 
 def test_predict_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir, make_batch):
