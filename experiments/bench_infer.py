@@ -1,4 +1,4 @@
-"""Images per second of DeCo-Diff inference (encode, t_start + 1 deviation steps, two decodes, anomaly map).
+"""Images per second of DeCo-Diff inference (encode, the chain's deviation steps, two decodes, anomaly map).
 
 Two settings, each at batch 1 and 16, in float32 and under bfloat16 autocast (the UNet; the autoencoder always
 runs in float32, see ``LatentCodec``), all in one process so the ratios compare like with like:
@@ -31,6 +31,7 @@ from bench_common import embedded_autoencoder
 from bench_common import machine as bench_machine
 from diffusers import AutoencoderKL
 
+from anomaly_diff.diffusion.schedule import resolve_chain
 from anomaly_diff.models.components.autoencoder import LatentCodec
 from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig, DeCoDiffModel
 from anomaly_diff.utils.io import atomic_write_text
@@ -60,7 +61,7 @@ def embedded_setting() -> tuple[DeCoDiffModel, int]:
         num_classes=5,
         unet=deco["unet"],
         latent_channels=vae.config.latent_channels,
-        t_start=deco["t_start"],
+        timesteps=resolve_chain(deco["num_train_timesteps"], deco["reverse_steps"], deco["timesteps"]),
         anomaly_map=AnomalyMapConfig(**deco["anomaly_map"]),
     )
     return model, data["crop_size"]
@@ -68,7 +69,7 @@ def embedded_setting() -> tuple[DeCoDiffModel, int]:
 
 def paper_setting() -> tuple[DeCoDiffModel, int]:
     """UNet S on 256 x 256 with an sd-vae-ft-ema-shaped autoencoder and the reference's map settings."""
-    return DeCoDiffModel(LatentCodec(AutoencoderKL(**SD_VAE)), num_classes=15, unet="S", t_start=4), 256
+    return DeCoDiffModel(LatentCodec(AutoencoderKL(**SD_VAE)), num_classes=15, unet="S"), 256
 
 
 def images_per_second(
@@ -174,7 +175,7 @@ def main() -> None:
         f"{machine['load_average']}  ",
         f"Median of {args.repeats} timed runs after one warm-up at batch 1, {args.repeats_batch16} timed run(s) at "
         "batch 16 (kernels already warm); random weights. One image = encode, "
-        "t_start + 1 = 5 deviation steps, two decodes, the anomaly map. bf16 autocast covers the UNet; the "
+        "5 deviation steps, two decodes, the anomaly map. bf16 autocast covers the UNet; the "
         "autoencoder runs in float32.",
         "",
         "| setting | input | batch | precision | images/s |",
