@@ -88,8 +88,11 @@ class LatentCodec(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
-        """Decode scaled latents to ``(B, 3, H, W)`` images in ``[0, 1]`` (``clamp=False``: the raw decoder output,
-        which may overshoot, mapped from ``[-1, 1]`` by ``(x + 1) / 2``)."""
+        """Decode scaled latents to ``(B, 3, H, W)`` images in ``[0, 1]``.
+
+        With ``clamp=False`` the raw decoder output, which may overshoot, is only mapped from ``[-1, 1]`` by
+        ``(x + 1) / 2``.
+        """
         with torch.autocast(device_type=latents.device.type, enabled=False):
             image = (self.vae.decode(latents.float() / self.scaling_factor).sample + 1) / 2
             return image.clamp(0, 1) if clamp else image

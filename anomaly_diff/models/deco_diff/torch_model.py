@@ -183,7 +183,8 @@ class DeCoDiffModel(nn.Module):
 
     Args:
         codec: The frozen autoencoder, a module with ``encode(image (B, 3, H, W) in [0, 1]) -> (B, C, h, w)``
-            and ``decode(latents, clamp) -> (B, 3, H, W)`` in ``[0, 1]`` (raw, possibly overshooting, when not ``clamp``)
+            and ``decode(latents, clamp) -> (B, 3, H, W)`` in ``[0, 1]`` (raw, possibly overshooting, unless
+            ``clamp``)
             (:class:`~anomaly_diff.models.components.autoencoder.LatentCodec`).
         num_classes: Number of categories.
         unet: A preset name (``"tiny"``, ``"XS"`` .. ``"XL"``) or a :class:`UNetPreset`. Defaults to ``"L"``
