@@ -1,5 +1,8 @@
-"""Tiny model artefacts for tests: an 8x-downsampling AutoencoderKL saved the way the CLI loads one."""
+"""Tiny model artefacts for tests: an 8x-downsampling AutoencoderKL saved the way the CLI loads one, and the
+reference-UNet fixture of the DeCo-Diff checkpoint converter."""
 
+import io
+import lzma
 from pathlib import Path
 
 import torch
@@ -20,3 +23,12 @@ def save_tiny_autoencoder(path: Path, seed: int = 0) -> Path:
     )
     vae.save_pretrained(path)
     return path
+
+
+REFERENCE_UNET_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "deco_diff_reference" / "unet.pt.xz"
+
+
+def reference_unet_fixture() -> dict:
+    """The DeCo-Diff reference UNet fixture (``experiments/reference_unet_parity.py --write-fixture``): its
+    reference-layout ``state_dict`` and inputs and outputs (``x``, ``t``, ``class_index``, ``output``, ...)."""
+    return torch.load(io.BytesIO(lzma.decompress(REFERENCE_UNET_FIXTURE.read_bytes())), weights_only=True)

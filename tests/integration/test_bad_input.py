@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from anomaly_diff.cli import main
 from tests.helpers.configs import write_tiny_config
 from tests.helpers.data import corrupt_file, truncate_file, write_image, write_mvtec_ad
-from tests.helpers.models import save_tiny_autoencoder
+from tests.helpers.models import reference_unet_fixture, save_tiny_autoencoder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -167,6 +168,21 @@ def deco_diff_chain_out_of_range(tmp_path, fx):
                r"must be strictly decreasing timesteps in \[0, 10\)")
 
 
+def deco_diff_reference_checkpoint_missing(tmp_path, fx):
+    missing = tmp_path / "released" / "last.pt"
+    model = _deco_diff(fx("tiny_autoencoder"), reference_checkpoint=str(missing), reference_classes=["a"])
+    return Run(["fit", "--config", str(_config(tmp_path, _data(tmp_path), model))], 1, [str(missing)],
+               "give a DeCo-Diff training checkpoint")
+
+
+def deco_diff_reference_checkpoint_of_another_size(tmp_path, fx):
+    path = tmp_path / "released.pt"
+    torch.save({"model": reference_unet_fixture()["state_dict"]}, path)  # a 2-level UNet; the config's is "tiny"
+    model = _deco_diff(fx("tiny_autoencoder"), reference_checkpoint=str(path), reference_classes=["a", "b", "c"])
+    return Run(["fit", "--config", str(_config(tmp_path, _data(tmp_path), model))], 1,
+               [str(path), "input_blocks.1.1.norm.weight"], "give a checkpoint of the model's UNet layout")
+
+
 def deco_diff_max_mask_ratio_above_1(tmp_path, fx):
     model = _deco_diff(fx("tiny_autoencoder"), max_mask_ratio=1.5)
     return Run(["fit", "--config", str(_config(tmp_path, _data(tmp_path), model))], 1, ["max_mask_ratio", "1.5"],
@@ -256,6 +272,8 @@ CASES: dict[str, Callable] = {
         missing_data_root, data_root_is_a_file, corrupt_image, truncated_png, missing_mask, mask_size_mismatch,
         unknown_category, empty_training_split, missing_test_split, config_key_typo, wrong_type_for_a_key,
         missing_config_file, out_of_range_data_argument, deco_diff_autoencoder_missing, deco_diff_chain_out_of_range,
+        deco_diff_reference_checkpoint_missing, deco_diff_reference_checkpoint_of_another_size,
+        deco_diff_reference_checkpoint_missing, deco_diff_reference_checkpoint_of_another_size,
         deco_diff_max_mask_ratio_above_1, drdc_backbone_weights_missing, drdc_stage_checkpoint_missing,
         drdc_num_sets_below_1, drdc_gamma_negative, checkpoint_from_another_model, nonexistent_ckpt_path,
         ckpt_path_not_a_checkpoint,

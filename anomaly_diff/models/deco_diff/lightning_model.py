@@ -15,6 +15,7 @@ from anomaly_diff.diffusion.schedule import resolve_chain
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.autoencoder import LatentCodec
 from anomaly_diff.models.components.sample_cache import SampleCache
+from anomaly_diff.models.deco_diff.reference_checkpoint import load_reference_checkpoint
 from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig, DeCoDiffModel, DeCoDiffOutput, UNetPreset
 
 
@@ -48,6 +49,13 @@ class DeCoDiff(AnomalyModule):
         cache_latents: Encode each training/validation image once and reuse its latent (keyed by the image
             path) in later epochs. Only valid when the training transform is deterministic (no random
             augmentation), as in this project's datamodules; on CPU it removes most of the cost of an epoch.
+        reference_checkpoint: UNet weights in the DeCo-Diff reference's format, loaded after the model is built: the
+            authors' released checkpoint or any of its training script's outputs (``{"model": state_dict}``) to test
+            or fine-tune, or an LDM checkpoint (``{"state_dict": ...}``, e.g. the class-conditional cin256-v2) to
+            initialise training from, as the authors did (:mod:`~anomaly_diff.models.deco_diff.reference_checkpoint`).
+            The ``unet`` preset must be the file's size.
+        reference_classes: The category of each class-embedding row of a DeCo-Diff reference checkpoint, in row
+            order; ``None`` takes the reference's own order for MVTec AD or VisA.
         ema_decay: If set, an exponential moving average of the weights (Lightning's ``EMAWeightAveraging``,
             updated every optimiser step) is kept; validation, checkpoints and the test after ``fit`` use it.
         optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
@@ -70,6 +78,8 @@ class DeCoDiff(AnomalyModule):
         max_shuffle_ratio: float = 0.3,
         anomaly_map: AnomalyMapConfig | None = None,
         cache_latents: bool = False,
+        reference_checkpoint: str | None = None,
+        reference_classes: Sequence[str] | None = None,
         ema_decay: float | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
@@ -92,6 +102,8 @@ class DeCoDiff(AnomalyModule):
             timesteps=resolve_chain(num_train_timesteps, reverse_steps, timesteps),
             anomaly_map=anomaly_map,
         )
+        if reference_checkpoint is not None:
+            load_reference_checkpoint(reference_checkpoint, self.model, self.categories, reference_classes)
         self.patch_sizes = tuple(patch_sizes)
         self.patch_size_probs = tuple(patch_size_probs)
         self.max_mask_ratio = max_mask_ratio

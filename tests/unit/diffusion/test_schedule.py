@@ -62,7 +62,8 @@ def test_respaced_timesteps_follow_the_reference_rule(num_timesteps):
 def test_reference_chains_at_ten_timesteps():
     # the reference's --reverse-steps 5 (its default) and the other counts it documents
     assert respaced_timesteps(10, 5) == [8, 6, 4, 2, 0]
-    assert [respaced_timesteps(10, n) for n in (2, 3, 4, 10)] == [[5, 0], [8, 4, 0], [9, 6, 3, 0], list(range(9, -1, -1))]
+    expected = [[5, 0], [8, 4, 0], [9, 6, 3, 0], list(range(9, -1, -1))]
+    assert [respaced_timesteps(10, n) for n in (2, 3, 4, 10)] == expected
 
 
 def test_resolve_chain_takes_exactly_one_form():

@@ -6,23 +6,22 @@ context 32 and 3 classes, every tensor random, with its inputs and outputs (one 
 """
 
 import argparse
-import io
-import lzma
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-from anomaly_diff.cli import ConfigError
+from anomaly_diff.models.deco_diff import DeCoDiff
 from anomaly_diff.models.deco_diff.reference_checkpoint import (
+    REFERENCE_CLASS_ORDERS,
     convert_reference_state_dict,
     load_reference_checkpoint,
+    reference_class_rows,
 )
 from anomaly_diff.models.deco_diff.torch_model import DeCoDiffModel, UNetPreset
+from tests.helpers.models import reference_unet_fixture
 
-FIXTURE = Path(__file__).resolve().parents[4] / "tests" / "fixtures" / "deco_diff_reference" / "unet.pt.xz"
 # The fixture's UNet as a preset: head width 16, so 2 and 4 heads; GroupNorm's 32 groups as in the LDM code
 PRESET = UNetPreset(32, 2, 32, channel_mult=(1, 2), attention=(True, True), layers_per_block=1)
 LDM = "model.diffusion_model."
@@ -34,12 +33,15 @@ class Unsafe:
 
 @pytest.fixture(scope="module")
 def reference():
-    return torch.load(io.BytesIO(lzma.decompress(FIXTURE.read_bytes())), weights_only=True)
+    return reference_unet_fixture()
 
 
 @pytest.fixture
 def state_dict(reference):
     return dict(reference["state_dict"])
+
+
+CATEGORIES = ["a", "b", "c"]  # the fixture's classes, in its row order
 
 
 def make_model(codec, num_classes=3, preset=PRESET):
@@ -85,7 +87,7 @@ def test_loaded_checkpoints_reproduce_the_reference_outputs(
     path = tmp_path / "checkpoint.pt"
     torch.save(checkpoint_of(layout, state_dict, legacy_lightning_class), path)
     model = make_model(pooling_codec)
-    load_reference_checkpoint(path, model)
+    load_reference_checkpoint(path, model, CATEGORIES, CATEGORIES)
     x, t = reference["x"], reference["t"]
     torch.testing.assert_close(model(x, t, reference["class_index"]), reference["output"], atol=1e-4, rtol=0)
     context = model.class_embedding(reference["context_index"])
@@ -107,13 +109,13 @@ def test_conversion_maps_every_tensor_once(state_dict, pooling_codec):
 
 def test_conversion_errors_name_the_state_dict(state_dict, pooling_codec):
     del state_dict["out.2.bias"]
-    with pytest.raises(ConfigError, match="the state dict does not fit the model: the model's unet.conv_out.bias"):
+    with pytest.raises(ValueError, match="the state dict does not fit the model: the model's unet.conv_out.bias"):
         convert_reference_state_dict(state_dict, make_model(pooling_codec))
 
 
 def test_a_missing_file_is_named(tmp_path, pooling_codec):
     with pytest.raises(FileNotFoundError, match=f"reference checkpoint {tmp_path / 'none.pt'} does not exist"):
-        load_reference_checkpoint(tmp_path / "none.pt", make_model(pooling_codec))
+        load_reference_checkpoint(tmp_path / "none.pt", make_model(pooling_codec), CATEGORIES)
 
 
 @pytest.mark.parametrize(
@@ -128,8 +130,8 @@ def test_a_missing_file_is_named(tmp_path, pooling_codec):
 def test_a_file_that_is_no_state_dict_is_named(content, message, tmp_path, pooling_codec):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(content) if isinstance(content, bytes) else torch.save(content, path)
-    with pytest.raises(ConfigError, match=f"reference checkpoint {path} {message}"):
-        load_reference_checkpoint(path, make_model(pooling_codec))
+    with pytest.raises(ValueError, match=f"reference checkpoint {path} {message}"):
+        load_reference_checkpoint(path, make_model(pooling_codec), CATEGORIES, CATEGORIES)
 
 
 def change_file(state_dict, change):
@@ -166,5 +168,40 @@ def test_a_file_that_does_not_fit_names_the_first_key(change, model_args, messag
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": change_file(state_dict, change)}, path)
     model = make_model(pooling_codec, **model_args)
-    with pytest.raises(ConfigError, match=f"reference checkpoint {path} does not fit the model: {message}"):
-        load_reference_checkpoint(path, model)
+    with pytest.raises(ValueError, match=f"reference checkpoint {path} does not fit the model: {message}"):
+        load_reference_checkpoint(path, model, CATEGORIES, CATEGORIES)
+
+
+def test_reference_class_rows_follow_the_reference_data_loaders():
+    mvtec = sorted(REFERENCE_CLASS_ORDERS["mvtec"])  # this project's class order: sorted names
+    rows = reference_class_rows(mvtec)
+    # MVTECDataLoader.object_cls_dict of the reference: capsule 0, bottle 1, ..., wood 14
+    assert rows[mvtec.index("bottle")] == 1 and rows[mvtec.index("capsule")] == 0 and rows[mvtec.index("wood")] == 14
+    assert sorted(rows) == list(range(15))
+    visa = sorted(REFERENCE_CLASS_ORDERS["visa"])
+    assert [REFERENCE_CLASS_ORDERS["visa"][r] for r in reference_class_rows(visa)] == visa
+    assert reference_class_rows(["x", "y"], ["y", "z", "x"]) == [2, 0]
+    with pytest.raises(ValueError, match=r"reference_classes is needed: the categories \['x'\] are neither"):
+        reference_class_rows(["x"])
+    with pytest.raises(ValueError, match=r"categories \['q'\] are not among reference_classes"):
+        reference_class_rows(["q"], ["x"])
+
+
+@torch.no_grad()
+def test_a_deco_diff_checkpoint_is_read_in_the_files_class_order(tmp_path, reference, state_dict, pooling_codec):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": state_dict}, path)
+    model = make_model(pooling_codec)
+    load_reference_checkpoint(path, model, ["a", "b", "c"], reference_classes=["c", "a", "b"])
+    embedding = reference["state_dict"]["cond_stage_model.embedding.weight"]
+    assert torch.equal(model.class_embedding.weight, embedding[[1, 2, 0]])
+
+
+@torch.no_grad()
+def test_the_lightning_module_loads_a_reference_checkpoint(tmp_path, reference, state_dict, tiny_autoencoder_dir):
+    path = tmp_path / "last.pt"
+    torch.save({"model": state_dict, "args": argparse.Namespace(num_classes=3)}, path)
+    module = DeCoDiff(categories=CATEGORIES, autoencoder=str(tiny_autoencoder_dir), unet=PRESET,
+                      reference_checkpoint=str(path), reference_classes=CATEGORIES).eval()
+    output = module.model(reference["x"], reference["t"], reference["class_index"])
+    torch.testing.assert_close(output, reference["output"], atol=1e-4, rtol=0)
