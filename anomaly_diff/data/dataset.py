@@ -18,8 +18,9 @@ from anomaly_diff.data.samples import Sample
 def build_transform(image_size: int = 288, crop_size: int = 256) -> A.Compose:
     """Resize to a square and center-crop image and mask together, as DeCo-Diff does (288 → 256).
 
-    The image is resized bilinearly when enlarged and with area averaging when shrunk (anti-aliased,
-    like torchvision's PIL resize the reference code uses); the mask with pixel-centre nearest neighbour
+    The image is resized bilinearly when enlarged and with area averaging when shrunk (anti-aliased, as the
+    reference's PIL ``Image.resize`` is; it is bicubic there, a small difference: see the DeCo-Diff README's
+    "Image preprocessing"); the mask with pixel-centre nearest neighbour
     (``INTER_NEAREST_EXACT``, the same sampling grid as the image's resize, where OpenCV's plain
     ``INTER_NEAREST`` is shifted by up to half a pixel), so it stays binary and aligned with the image.
     The image comes out as float32 in ``[0, 1]``.
