@@ -13,32 +13,46 @@ from anomaly_diff.models.components.anomaly_map import (
 )
 
 
-@pytest.mark.parametrize("sigma", [1.0, 3.0])
-def test_blur_matches_scipy_gaussian_filter(sigma):
-    rng = np.random.default_rng(0)
-    maps = rng.random((2, 40, 48)).astype(np.float32)
-    ours = gaussian_blur(torch.from_numpy(maps), sigma).numpy()
-    for b in range(2):
-        # torchvision reflects without repeating the edge pixel: scipy's "mirror" mode
-        expected = ndimage.gaussian_filter(maps[b].astype(np.float64), sigma, mode="mirror", truncate=4.0)
-        np.testing.assert_allclose(ours[b], expected, atol=1e-5)
-        # and the reference's default ("reflect") differs only near the border
-        radius = int(4 * sigma + 0.5)
-        reference = ndimage.gaussian_filter(maps[b].astype(np.float64), sigma)
-        np.testing.assert_allclose(
-            ours[b, radius:-radius, radius:-radius], reference[radius:-radius, radius:-radius], atol=1e-5
-        )
+def _blur_reference(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """The DeCo-Diff reference: scipy's gaussian_filter (mode "reflect", truncate 4) per 2-D map."""
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    return np.stack([ndimage.gaussian_filter(m.astype(np.float64), sigma) for m in flat]).reshape(maps.shape)
 
 
-def test_blur_keeps_channel_layout_and_identity_at_zero_sigma():
-    maps = torch.rand(2, 3, 16, 16)
-    assert gaussian_blur(maps, 1.0).shape == (2, 3, 16, 16)
-    assert gaussian_blur(maps, 0.0) is maps
-    # a radius larger than the map is capped so reflection padding stays valid
-    small = torch.rand(1, 4, 4)
-    assert gaussian_blur(small, 3.0).shape == (1, 4, 4)
+@pytest.mark.parametrize(
+    ("shape", "sigma"),
+    [
+        ((2, 256, 256), 3.0),
+        ((3, 32, 32), 1.0),
+        ((2, 16, 16), 2.0),
+        ((2, 40, 23), 3.0),
+        ((2, 5, 5), 3.0),  # kernel (radius 12) wider than the map: scipy reflects repeatedly
+        ((2, 2, 3), 7.0),
+        ((1, 1, 7), 1.5),
+        ((2, 3, 20, 24), 1.0),  # (B, C, H, W)
+        ((2, 16, 16), 0.3),  # radius 1
+    ],
+)
+def test_blur_matches_scipy_gaussian_filter_over_every_pixel(shape, sigma):
+    maps = np.random.default_rng(0).random(shape).astype(np.float32)
+    ours = gaussian_blur(torch.from_numpy(maps), sigma)
+    assert ours.shape == shape and ours.dtype == torch.float32
+    assert np.abs(ours.numpy() - _blur_reference(maps, sigma)).max() <= 1e-5
+
+
+def test_blur_dtypes_truncate_and_invalid_sigma():
+    maps = np.random.default_rng(1).random((2, 12, 9))
+    expected = _blur_reference(maps, 2.0)
+    ours = gaussian_blur(torch.from_numpy(maps), 2.0)
+    assert ours.dtype == torch.float64 and np.abs(ours.numpy() - expected).max() <= 1e-12
+    half = gaussian_blur(torch.from_numpy(maps).half(), 2.0)
+    assert half.dtype == torch.float16 and np.abs(half.float().numpy() - expected).max() <= 1e-3
+    narrow = np.stack([ndimage.gaussian_filter(m, 2.0, truncate=1.5) for m in maps])
+    assert np.abs(gaussian_blur(torch.from_numpy(maps), 2.0, truncate=1.5).numpy() - narrow).max() <= 1e-12
+    zero = torch.rand(2, 3, 16, 16)
+    assert gaussian_blur(zero, 0.0) is zero
     with pytest.raises(ValueError, match="sigma must be >= 0"):
-        gaussian_blur(maps, -1.0)
+        gaussian_blur(zero, -1.0)
 
 
 def test_clip_and_scale_on_hand_values():
@@ -66,10 +80,44 @@ def test_image_score_max_and_top_k_mean():
         image_score(maps, top_k=5)
 
 
-def test_resize_matches_skimage_bilinear_upsampling():
-    rng = np.random.default_rng(1)
-    maps = rng.random((1, 8, 8)).astype(np.float32)
-    ours = resize_maps(torch.from_numpy(maps), (32, 32)).numpy()[0]
-    expected = resize(maps[0], (32, 32), order=1, mode="edge", anti_aliasing=False)
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
-    assert resize_maps(torch.from_numpy(maps), (8, 8)).shape == (1, 8, 8)
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ((2, 32, 32), (256, 256)),
+        ((3, 16, 16), (128, 128)),
+        ((2, 7, 7), (20, 20)),  # non-integer factor
+        ((2, 9, 5), (40, 17)),  # non-square
+        ((1, 1, 4), (3, 9)),
+        ((2, 3, 8, 6), (24, 30)),  # (B, C, H, W)
+        ((2, 64, 48), (16, 20)),  # downsampling: skimage anti-aliases first
+        ((2, 30, 10), (13, 25)),  # one axis down, one up
+        ((2, 40, 12), (2, 3)),  # anti-aliasing kernel wider than the map: mirrored repeatedly
+    ],
+)
+def test_resize_matches_skimage_resize_over_every_pixel(shape, size):
+    maps = np.random.default_rng(2).random(shape).astype(np.float32)
+    ours = resize_maps(torch.from_numpy(maps), size)
+    flat = maps.reshape(-1, *shape[-2:])
+    expected = np.stack([resize(m, size, order=1) for m in flat]).reshape(*shape[:-2], *size)
+    assert ours.shape == expected.shape and ours.dtype == torch.float32
+    assert np.abs(ours.numpy() - expected).max() <= 1e-5
+
+
+def test_resize_keeps_maps_of_the_target_size():
+    maps = torch.rand(1, 8, 8)
+    assert resize_maps(maps, (8, 8)) is maps
+
+
+def test_fused_map_matches_the_deco_diff_reference_over_every_pixel():
+    # calculate_anomaly_maps of the DeCo-Diff evaluation: blur (sigma 3 / 1), resize the latent part, fuse
+    rng = np.random.default_rng(3)
+    image_part, latent_part = rng.random((2, 64, 64)).astype(np.float32), rng.random((2, 8, 8)).astype(np.float32)
+    expected = np.stack(
+        [
+            np.sqrt(ndimage.gaussian_filter(i, 3) * resize(ndimage.gaussian_filter(la, 1), (64, 64)))
+            for i, la in zip(image_part, latent_part, strict=True)
+        ]
+    )
+    latent_map = resize_maps(gaussian_blur(torch.from_numpy(latent_part), 1.0), (64, 64))
+    ours = fuse_maps(gaussian_blur(torch.from_numpy(image_part), 3.0), latent_map)
+    assert np.abs(ours.numpy() - expected).max() <= 1e-5
