@@ -43,7 +43,7 @@ def test_forward_predicts_a_deviation_per_class(pooling_codec):
 
 def test_detect_is_per_image_in_a_batch(pooling_codec):
     torch.manual_seed(0)
-    model = DeCoDiffModel(pooling_codec, num_classes=2, unet="tiny", latent_channels=3, t_start=1).eval()
+    model = DeCoDiffModel(pooling_codec, num_classes=2, unet="tiny", latent_channels=3, timesteps=(5, 0)).eval()
     images, classes = torch.rand(2, 3, 64, 64), torch.tensor([0, 1])
     batched = model.detect(images, classes)
     assert batched.anomaly_map.shape == (2, 64, 64) and batched.reconstruction.shape == (2, 3, 64, 64)
@@ -61,18 +61,18 @@ def test_map_of_a_hand_made_correction(pooling_codec, monkeypatch, fusion):
     image = torch.rand(1, 3, 64, 64)
     delta = torch.zeros(1, 3, 8, 8)
     delta[0, 0, 2, 3] = 0.3  # the "model" moves one latent cell of one channel
-    monkeypatch.setattr(model, "correct", lambda latents, class_index, t_start=None: latents + delta)
+    monkeypatch.setattr(model, "correct", lambda latents, class_index, timesteps=None: latents + delta)
     out = model.detect(image, torch.tensor([0]))
 
     # image part: decoded correction minus decoded input = delta upsampled; x2 for [-1, 1] units, clip .4, x2.5
     image_part = np.zeros((64, 64))
     image_part[16:24, 24:32] = min(2 * 0.3, 0.4) * 2.5
-    image_part = ndimage.gaussian_filter(image_part, 3.0, mode="mirror")
+    image_part = ndimage.gaussian_filter(image_part, 3.0)  # as the reference calls it: mode "reflect"
     # latent part: channel mean 0.1, clip .2, x5, blur sigma 1 on the 8x8 grid, bilinear to 64x64
     latent_part = np.zeros((8, 8))
     latent_part[2, 3] = 0.1 * 5
-    latent_part = ndimage.gaussian_filter(latent_part, 1.0, mode="mirror")
-    latent_part = resize(latent_part, (64, 64), order=1, mode="edge", anti_aliasing=False)
+    latent_part = ndimage.gaussian_filter(latent_part, 1.0)
+    latent_part = resize(latent_part, (64, 64))  # skimage defaults, as the reference
     fused = np.sqrt(image_part * latent_part) if fusion == "geometric" else (image_part + latent_part) / 2
 
     np.testing.assert_allclose(out.image_map[0].numpy(), image_part, atol=1e-5)
@@ -84,7 +84,7 @@ def test_map_of_a_hand_made_correction(pooling_codec, monkeypatch, fusion):
 def test_input_reference_includes_the_autoencoder_error(pooling_codec, monkeypatch):
     config = AnomalyMapConfig(image_reference="input", image_sigma=0.0, image_clip=10.0, image_scale=1.0)
     model = DeCoDiffModel(pooling_codec, 1, unet="tiny", latent_channels=3, anomaly_map=config)
-    monkeypatch.setattr(model, "correct", lambda latents, class_index, t_start=None: latents)
+    monkeypatch.setattr(model, "correct", lambda latents, class_index, timesteps=None: latents)
     image = torch.rand(1, 3, 64, 64)
     out = model.detect(image, torch.tensor([0]))
     expected = 2 * (pooling_codec.decode(pooling_codec.encode(image)) - image).abs().amax(dim=1)
@@ -94,9 +94,27 @@ def test_input_reference_includes_the_autoencoder_error(pooling_codec, monkeypat
 def test_invalid_settings_are_named(pooling_codec):
     with pytest.raises(ValueError, match="unknown UNet preset 'XXL'"):
         DeCoDiffModel(pooling_codec, 2, unet="XXL")
-    with pytest.raises(ValueError, match="t_start=10 must lie in"):
-        DeCoDiffModel(pooling_codec, 2, unet="tiny", t_start=10)
+    with pytest.raises(ValueError, match=r"timesteps=\[10, 0\] must be strictly decreasing"):
+        DeCoDiffModel(pooling_codec, 2, unet="tiny", timesteps=[10, 0])
     with pytest.raises(ValueError, match="norm_num_groups=32 must divide"):
         build_unet(UNetPreset(48, 4, 64))
     with pytest.raises(ValueError, match="one entry per channel_mult level"):
         build_unet(UNetPreset(64, 4, 64, attention=(True,)))
+
+
+def test_default_chain_visits_the_reference_timesteps(pooling_codec, monkeypatch):
+    model = DeCoDiffModel(pooling_codec, 1, unet="tiny", latent_channels=3)
+    seen = []
+    monkeypatch.setattr(model, "forward", lambda x, t, c: seen.append(t.tolist()) or torch.zeros_like(x))
+    model.detect(torch.rand(2, 3, 64, 64), torch.tensor([0, 0]))
+    assert seen == [[8, 8], [6, 6], [4, 4], [2, 2], [0, 0]]
+
+
+def test_decoder_outputs_are_compared_unclamped(pooling_codec, monkeypatch):
+    config = AnomalyMapConfig(image_sigma=0.0, image_clip=10.0, image_scale=1.0)
+    model = DeCoDiffModel(pooling_codec, 1, unet="tiny", latent_channels=3, anomaly_map=config)
+    monkeypatch.setattr(model, "correct", lambda latents, class_index, timesteps=None: latents + 0.5)
+    out = model.detect(torch.full((1, 3, 64, 64), 0.9), torch.tensor([0]))
+    # the decoded correction is 1.4 (past the [0, 1] range): the reference compares it raw, 2 * 0.5 in [-1, 1] units
+    torch.testing.assert_close(out.image_map, torch.ones(1, 64, 64))
+    assert out.reconstruction.max().item() == 1.0

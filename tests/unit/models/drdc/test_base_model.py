@@ -1,8 +1,10 @@
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from skimage.transform import resize
 from torch import nn
 
 from anomaly_diff.models.drdc.base_model import BaseReconstructor, feature_jitter, neighbourhood_mask
@@ -94,7 +96,9 @@ def test_error_map_is_the_upsampled_channel_l2_norm():
     coarse = BaseReconstructor.error_map(reconstruction, features, (2, 2))
     torch.testing.assert_close(coarse, torch.tensor([[[5.0, 0.0], [0.0, 1.0]]]))
     fine = BaseReconstructor.error_map(reconstruction, features, (8, 8))
-    assert fine.shape == (1, 8, 8) and fine[0, 0, 0].item() == pytest.approx(5.0)
+    expected = resize(coarse[0].numpy().astype(np.float64), (8, 8), order=1)  # skimage's bilinear, mirrored border
+    assert fine.shape == (1, 8, 8) and fine[0, 0, 0].item() == pytest.approx(2.09375)
+    np.testing.assert_allclose(fine[0].numpy(), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize(
