@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from anomaly_diff.cli import main
+from anomaly_diff.diffusion.schedule import resolve_chain
 from tests.helpers.data import write_btad, write_mvtec_ad, write_visa_raw
 from tests.helpers.models import save_tiny_autoencoder
 
@@ -53,5 +54,8 @@ def test_paper_config_trains_a_step_and_tests_a_batch(dataset, tmp_path, autoenc
     assert saved["model"]["init_args"]["patch_sizes"] == [1, 2, 4, 8, 16]
     assert saved["data"]["init_args"]["crop_size"] == 256
     assert saved["model"]["init_args"]["unet"] == ("L" if dataset == "mvtec" else "XS")
+    # the reference's evaluation chain (--reverse-steps 5 of diffusion_steps 10)
+    assert saved["model"]["init_args"]["reverse_steps"] == 5 and saved["model"]["init_args"]["timesteps"] is None
+    assert resolve_chain(10, 5, None) == [8, 6, 4, 2, 0]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["per_category"], "the test batch produced no metrics"
