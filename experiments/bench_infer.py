@@ -118,6 +118,7 @@ def main() -> None:
                 rows.append(
                     {
                         "setting": name,
+                        "chain": model.timesteps,
                         "input": size,
                         "batch": batch,
                         "precision": "bf16-autocast" if bf16 else "fp32",
@@ -175,13 +176,14 @@ def main() -> None:
         f"{machine['load_average']}  ",
         f"Median of {args.repeats} timed runs after one warm-up at batch 1, {args.repeats_batch16} timed run(s) at "
         "batch 16 (kernels already warm); random weights. One image = encode, "
-        "5 deviation steps, two decodes, the anomaly map. bf16 autocast covers the UNet; the "
-        "autoencoder runs in float32.",
+        "one UNet pass per timestep of the setting's chain, two decodes, the anomaly map. bf16 autocast covers the "
+        "UNet; the autoencoder runs in float32.",
         "",
-        "| setting | input | batch | precision | images/s |",
-        "|---|---|---|---|---|",
+        "| setting | chain | input | batch | precision | images/s |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {r['setting']} | {r['input']} | {r['batch']} | {r['precision']} | {r['images_per_s']:.2f} |"
+            f"| {r['setting']} | {r.get('chain', '')} | {r['input']} | {r['batch']} | {r['precision']} "
+            f"| {r['images_per_s']:.2f} |"
             for r in rows
         ],
         "",
