@@ -5,35 +5,29 @@ latent map, fusion, score, learning-rate curve) the reference's own function and
 inputs and the largest absolute difference of their outputs is recorded; for every UNet preset a reference UNet
 with random weights is compared with its conversion (``experiments/reference_unet_parity.py``).
 
-The reference code is never committed here. To run this script, get a copy of the public repository
-farzad-bz/DeCo-Diff (GitHub; any commit with ``diffusion/``, ``models.py``, ``ldm/``, ``train_DeCo_Diff.py`` and
-``evaluation_DeCo_Diff.py``), install the two packages its scripts import at module level that this project does
-not need (``pip install transformers pandas``), then:
+The reference code is never committed here: ``experiments/deco_diff_reference.py`` says how to get it and what
+it needs (``pip install transformers pandas`` for its training and evaluation scripts). Then:
 
     python experiments/reference_parity.py --reference /path/to/DeCo-Diff
 
-It writes ``experiments/results/reference_parity.{json,md}``. anomalib, which the reference imports only for its
-metrics, is replaced by an empty module (no metric is compared here; this project's metrics are tested against
-scikit-learn).
+It writes ``experiments/results/reference_parity.{json,md}``. No metric is compared here (the reference's come from
+anomalib, which is replaced by an empty module; this project's metrics are tested against scikit-learn).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import shlex
 import subprocess
 import sys
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from deco_diff_reference import DEFAULT_REFERENCE, reference_code
 from diffusers import AutoencoderKL
+from reference_unet_parity import markdown_table, unet_parity_rows
 
 from anomaly_diff.diffusion.deviation import correct_deviations, corrupt, deviation_target
 from anomaly_diff.diffusion.masks import random_patch_mask, shuffle_patches
@@ -45,34 +39,7 @@ from anomaly_diff.utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
-REFERENCE_MODULES = ("diffusion", "models", "ldm", "train_DeCo_Diff", "evaluation_DeCo_Diff", "MVTECDataLoader",
-                     "VISADataLoader", "anomalib")
 TOLERANCE = 1e-5
-
-
-@contextmanager
-def reference_code(reference_dir: Path) -> Iterator[types.SimpleNamespace]:
-    """Import the reference's modules from ``reference_dir`` (and remove them from ``sys.modules`` afterwards)."""
-    missing = [n for n in ("diffusion", "models.py", "train_DeCo_Diff.py", "evaluation_DeCo_Diff.py")
-               if not (reference_dir / n).exists()]
-    if missing:
-        raise SystemExit(f"{reference_dir} is not a copy of the DeCo-Diff reference code (missing {missing}); "
-                         "see this script's docstring")
-    stub = types.ModuleType("anomalib")
-    stub.metrics = types.ModuleType("anomalib.metrics")
-    sys.modules.update({"anomalib": stub, "anomalib.metrics": stub.metrics})
-    sys.path.insert(0, str(reference_dir))
-    try:
-        yield types.SimpleNamespace(
-            diffusion=importlib.import_module("diffusion"),
-            train=importlib.import_module("train_DeCo_Diff"),
-            evaluation=importlib.import_module("evaluation_DeCo_Diff"),
-        )
-    finally:
-        sys.path.remove(str(reference_dir))
-        for name in list(sys.modules):
-            if name.split(".")[0] in REFERENCE_MODULES:
-                del sys.modules[name]
 
 
 def max_abs(a, b) -> float:
@@ -148,7 +115,7 @@ def mask_rows(ref, x0: torch.Tensor) -> list[dict]:
     worst_count, worst_alignment = 0, 0
     for patch in (1, 2, 4, 8, 16):
         ratios = np.linspace(0.0, 0.7, x0.shape[0])
-        theirs = ref.train.random_mask(x0, mask_ratios=ratios, mask_patch_size=patch)  # 1 = keep
+        theirs = ref.train_DeCo_Diff.random_mask(x0, mask_ratios=ratios, mask_patch_size=patch)  # 1 = keep
         ours = 1.0 - random_patch_mask(32, 32, torch.full((x0.shape[0],), patch), torch.as_tensor(ratios).float())
         worst_count = max(worst_count, max_abs(theirs.sum((1, 2, 3)) / 4, ours.sum((1, 2, 3))))
         # patch alignment: every patch of ours is constant (as the reference's are by construction)
@@ -164,7 +131,7 @@ def mask_rows(ref, x0: torch.Tensor) -> list[dict]:
     np.random.seed(1)
     draws, ratio = 4000, 0.5
     batch = torch.zeros(draws, 4, 32, 32)
-    theirs = 1 - ref.train.random_mask(batch, mask_ratios=[ratio] * draws, mask_patch_size=4)[:, 0]
+    theirs = 1 - ref.train_DeCo_Diff.random_mask(batch, mask_ratios=[ratio] * draws, mask_patch_size=4)[:, 0]
     ours = random_patch_mask(32, 32, torch.full((draws,), 4), torch.full((draws,), ratio))[:, 0]
     # the largest of 1024 differences of two independent frequencies is about 3.4 standard errors by chance alone
     noise = 3.4 * (2 * ratio * (1 - ratio) / draws) ** 0.5
@@ -180,7 +147,7 @@ def shuffle_row(ref) -> dict:
     worst = 0.0
     for patch in (1, 2, 4, 8, 16):
         torch.manual_seed(patch)
-        theirs = ref.train.shuffle_patches(x, patch)
+        theirs = ref.train_DeCo_Diff.shuffle_patches(x, patch)
         torch.manual_seed(patch)
         ours = shuffle_patches(x, torch.full((6,), patch))
         worst = max(worst, max_abs(theirs, ours))
@@ -244,8 +211,8 @@ def detection_rows(ref) -> list[dict]:
         image_samples = vae.decode(latents / 0.18215).sample
         x0 = vae.decode(encoded / 0.18215).sample
     split = lambda t: [v.unsqueeze(0) for v in t]  # noqa: E731 - the reference's per-image lists
-    maps = ref.evaluation.calculate_anomaly_maps(split(x0), split(encoded), split(image_samples), split(latents),
-                                                  center_size=256)
+    maps = ref.evaluation_DeCo_Diff.calculate_anomaly_maps(split(x0), split(encoded), split(image_samples),
+                                                           split(latents), center_size=256)
     ours = outputs["geometric"]
     codec = LatentCodec(vae)
     inputs = "3 random 256 x 256 images, random SD-shaped VAE (8x, 4 x 32 x 32), random UNet, chain 8..0"
@@ -313,12 +280,7 @@ def markdown(rows: list[dict], unet_rows: list[dict], command: str, commit: str)
     if unet_rows:
         lines += ["", "## UNets: a reference UNet with random weights against its conversion", "",
                   "15 classes, 32 x 32 latents, batch 2, every tensor random (seed 0); float32, CPU, 1 thread.", "",
-                  "| preset | reference | parameters (reference = ours) | heads per level | max abs diff of the output "
-                  "| largest output |", "|---|---|---|---|---|---|"]
-        for r in unet_rows:
-            assert r["parameters_reference"] == r["parameters_ours"] and r["heads_reference"] == r["heads_ours"], r
-            lines.append(f"| {r['preset']} | `{r['reference']}` | {r['parameters_ours']:,} | {r['heads_ours']} "
-                         f"| {r['max_abs_diff']:.2e} | {r['output_max_abs']:.2f} |")
+                  markdown_table(unet_rows)]
     lines += ["", "## Differences that remain, on purpose", "", *REMAINING]
     return "\n".join(lines) + "\n"
 
@@ -348,24 +310,22 @@ REMAINING = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference", type=Path, default=Path(os.environ.get("DECO_DIFF_REFERENCE", "/tmp/ref")),
+    parser.add_argument("--reference", type=Path, default=Path(DEFAULT_REFERENCE),
                         help="a copy of the DeCo-Diff reference code (default: $DECO_DIFF_REFERENCE or /tmp/ref)")
-    parser.add_argument("--skip-unets", action="store_true", help="leave out the UNet presets (XL takes minutes)")
+    parser.add_argument("--skip-unets", action="store_true",
+                        help="leave out the UNet presets (minutes); print the elements, write no results")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    with reference_code(args.reference) as ref:
+    with reference_code(args.reference, "diffusion", "train_DeCo_Diff", "evaluation_DeCo_Diff") as ref:
         rows = [*training_rows(ref), shuffle_row(ref), *chain_rows(ref), *detection_rows(ref)]
     rows.extend(learning_rate_rows())
-    unet_rows = []
     if not args.skip_unets:
-        from reference_unet_parity import unet_parity_rows
-
         unet_rows = unet_parity_rows(args.reference)
-    command = "python experiments/reference_parity.py --reference <DeCo-Diff copy>"
-    commit = reference_commit(args.reference)
-    record = {"command": command, "reference_commit": commit, "elements": rows, "unets": unet_rows}
-    atomic_write_text(RESULTS / "reference_parity.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(RESULTS / "reference_parity.md", markdown(rows, unet_rows, command, commit))
+        command = "python experiments/reference_parity.py --reference <DeCo-Diff copy>"
+        commit = reference_commit(args.reference)
+        record = {"command": command, "reference_commit": commit, "elements": rows, "unets": unet_rows}
+        atomic_write_text(RESULTS / "reference_parity.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_text(RESULTS / "reference_parity.md", markdown(rows, unet_rows, command, commit))
     for r in rows:
         print(f"{r['max_abs_diff']:.2e}  {r['element']}")
     print(shlex.join(sys.argv))

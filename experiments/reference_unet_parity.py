@@ -6,43 +6,34 @@ a :class:`DeCoDiffModel` of the same preset, and both predict on the same latent
 float32, CPU). ``--write-fixture`` instead regenerates the small reference UNet and its outputs that
 ``tests/unit/models/deco_diff/test_reference_checkpoint.py`` checks the converter with.
 
-The reference code is not part of this repository: clone the public repository farzad-bz/DeCo-Diff
-(``git clone https://github.com/farzad-bz/DeCo-Diff``) anywhere, never into this one, and give its directory with
-``--reference`` or ``DECO_DIFF_REFERENCE`` (default ``/tmp/ref``). It needs ``einops`` and ``omegaconf``.
+The reference code is not part of this repository: see ``experiments/deco_diff_reference.py`` for how to get it.
+``experiments/reference_parity.py`` adds these rows to ``experiments/results/reference_parity.md``.
 
     python experiments/reference_unet_parity.py [--reference DIR] [--threads 1]
     python experiments/reference_unet_parity.py --write-fixture
 
-Writes experiments/results/reference_unet_parity.json (or the fixture) and prints a markdown table.
+Prints a markdown table (or writes the fixture).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import io
-import json
 import lzma
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
-import diffusers
 import torch
+from deco_diff_reference import DEFAULT_REFERENCE, reference_code
 from torch import nn
 
 from anomaly_diff.models.deco_diff.reference_checkpoint import convert_reference_state_dict
 from anomaly_diff.models.deco_diff.torch_model import DeCoDiffModel
-from anomaly_diff.utils.io import atomic_write_bytes, atomic_write_text
+from anomaly_diff.utils.io import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT = REPO / "experiments" / "results" / "reference_unet_parity.json"
 FIXTURE = REPO / "tests" / "fixtures" / "deco_diff_reference" / "unet.pt.xz"
-DEFAULT_REFERENCE = os.environ.get("DECO_DIFF_REFERENCE", "/tmp/ref")
 PRESETS = ("XS", "S", "M", "L", "XL")
 SEED = 0
 
@@ -64,36 +55,6 @@ FIXTURE_UNET = {
     "transformer_depth": 1,
     "context_dim": 32,
 }
-
-# The reference's top-level packages, which must not meet other modules of the same names.
-_REFERENCE_PACKAGES = ("models", "ldm", "diffusion")
-
-
-@contextmanager
-def reference_code(reference_dir: str | Path) -> Iterator[ModuleType]:
-    """Import the reference's ``models.py`` from ``reference_dir``; ``sys.path`` and ``sys.modules`` are restored."""
-    reference_dir = Path(reference_dir).resolve()
-    if not (reference_dir / "models.py").is_file() or not (reference_dir / "ldm").is_dir():
-        raise FileNotFoundError(
-            f"{reference_dir} is not a DeCo-Diff checkout (models.py and ldm/ expected); clone "
-            "https://github.com/farzad-bz/DeCo-Diff and give its directory with --reference or DECO_DIFF_REFERENCE"
-        )
-
-    def clashes(name: str) -> bool:
-        return name.partition(".")[0] in _REFERENCE_PACKAGES
-
-    saved = {name: module for name, module in sys.modules.items() if clashes(name)}
-    for name in saved:
-        del sys.modules[name]
-    sys.path.insert(0, str(reference_dir))
-    try:
-        yield importlib.import_module("models")
-    finally:
-        sys.path.remove(str(reference_dir))
-        for name in [name for name in sys.modules if clashes(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-
 
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int) -> None:
@@ -131,9 +92,9 @@ def _parameters(module: nn.Module) -> int:
 def unet_parity_rows(reference_dir: str | Path = DEFAULT_REFERENCE) -> list[dict]:
     """One row per preset: parameters and attention heads of both UNets, and the largest output difference."""
     rows = []
-    with reference_code(reference_dir) as reference_models:
+    with reference_code(reference_dir, "models") as code:
         for name in PRESETS:
-            reference = reference_models.UNET_models[f"UNet_{name}"](latent_size=32, ncls=15).eval()
+            reference = code.models.UNET_models[f"UNet_{name}"](latent_size=32, ncls=15).eval()
             randomize_(reference, SEED)
             ours = DeCoDiffModel(nn.Identity(), num_classes=15, unet=name).eval()
             converted = convert_reference_state_dict(reference.state_dict(), ours)
@@ -212,10 +173,7 @@ def main() -> None:
         path = write_fixture(args.reference)
         print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size / 1024:.0f} KiB)")
         return
-    rows = unet_parity_rows(args.reference)
-    record = {"seed": SEED, "threads": args.threads, "torch": torch.__version__, "diffusers": diffusers.__version__}
-    atomic_write_text(RESULT, json.dumps(record | {"rows": rows}, indent=2) + "\n")
-    print(markdown_table(rows))
+    print(markdown_table(unet_parity_rows(args.reference)))
 
 
 if __name__ == "__main__":
