@@ -21,6 +21,7 @@ matmuls enabled on a GPU (``torch.backends.cuda.matmul.allow_tf32``, off by defa
 (TF32 keeps 10 mantissa bits).
 """
 
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -45,6 +46,7 @@ def _fold_indices(indices: Tensor, size: int, boundary: Boundary) -> Tensor:
     return torch.where(folded < size, folded, 2 * size - 2 - folded)
 
 
+@lru_cache(maxsize=64)  # the same few map sizes come back every batch; the matrices are only read
 def _blur_matrix(size: int, sigma: float, truncate: float, boundary: Boundary) -> Tensor:
     """``(size, size)`` float64 matrix of ``scipy.ndimage.gaussian_filter1d`` with scipy's ``boundary`` mode."""
     radius = int(truncate * sigma + 0.5)
@@ -56,6 +58,7 @@ def _blur_matrix(size: int, sigma: float, truncate: float, boundary: Boundary) -
     return matrix.index_put_((rows, cols), (weights / weights.sum()).expand(size, -1), accumulate=True)
 
 
+@lru_cache(maxsize=64)
 def _resize_matrix(length: int, size: int) -> Tensor:
     """``(size, length)`` float64 matrix of ``skimage.transform.resize(order=1)`` along one axis."""
     coords = (torch.arange(size, dtype=torch.float64) + 0.5) * (length / size) - 0.5
