@@ -1,7 +1,8 @@
 """Stage 1 of latent diffusion trained here: a small KL autoencoder, which is also a reconstruction baseline."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,24 +14,36 @@ from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import gaussian_blur, image_score
+from anomaly_diff.models.components.backbone import DEFAULT_WEIGHTS
+from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
 
 
 class Autoencoder(AnomalyModule):
-    """A diffusers ``AutoencoderKL`` trained on the normal training images (reconstruction + KL).
+    """The latent autoencoder of latent diffusion, trained on the normal training images.
 
     Latent diffusion needs a frozen autoencoder. Stable Diffusion's is the reference choice, but where no
-    hub is reachable this module trains one on the data set itself, then exports it with
-    ``save_pretrained`` (and a fitted ``scaling_factor``: 1 / std of the training latents, the convention of
-    latent diffusion) so that :class:`~anomaly_diff.models.components.autoencoder.LatentCodec` loads it like
-    the pretrained one.
+    hub is reachable this module trains one on the data set itself, then exports it with ``save_pretrained`` so
+    that :class:`~anomaly_diff.models.components.autoencoder.LatentCodec` loads it like the pretrained one. Two
+    kinds (``encoder``):
+
+    - ``"kl"``: a diffusers ``AutoencoderKL`` trained from scratch (reconstruction + KL), exported with a fitted
+      ``scaling_factor`` (1 / std of the training latents, the convention of latent diffusion).
+    - ``"pretrained"``: a :class:`~anomaly_diff.models.components.feature_autoencoder.FeatureAutoencoder`, whose
+      encoder is the frozen ImageNet EfficientNet-Lite0; only the decoder (and the optional projection) train,
+      on L1 reconstruction. Its features are standardised before training and its latents after.
 
     It is also an anomaly model on its own (the classic reconstruction baseline): the anomaly map is the
     blurred maximum over RGB of ``|x - reconstruction|``, the image score its maximum.
 
     Args:
         categories: Category names (filled from the data by the CLI); the autoencoder itself is class-agnostic.
+        encoder: ``"kl"`` (trained from scratch) or ``"pretrained"`` (frozen pretrained CNN), see above.
         block_out_channels: Channels per resolution; ``len - 1`` halvings (4 entries: 8x smaller latents).
-        latent_channels: Channels of the latent. Defaults to 4 (as Stable Diffusion's).
+        latent_channels: Channels of the latent. Defaults to 4 (as Stable Diffusion's). For ``"pretrained"``,
+            the width of a learned 1 x 1 projection of the features, or ``None`` for the features themselves.
+        backbone_layers: ``"pretrained"`` only: the EfficientNet-Lite0 stages that make the latent (1, 2: stride
+            4 and 8, 64 channels), resized to the latent grid.
+        backbone_weights: ``"pretrained"`` only: where its weights come from (``backbone`` module docstring).
         layers_per_block: ResNet blocks per resolution.
         norm_num_groups: Groups of the group norms; must divide every entry of ``block_out_channels``.
         kl_weight: Weight of the KL term. Defaults to 1e-6 (latent-diffusion autoencoders use a tiny one).
@@ -47,8 +60,11 @@ class Autoencoder(AnomalyModule):
     def __init__(
         self,
         categories: Sequence[str] | None = None,
+        encoder: Literal["kl", "pretrained"] = "kl",
         block_out_channels: Sequence[int] = (32, 64, 64, 64),
-        latent_channels: int = 4,
+        latent_channels: int | None = 4,
+        backbone_layers: Sequence[int] = (1, 2),
+        backbone_weights: str = DEFAULT_WEIGHTS,
         layers_per_block: int = 1,
         norm_num_groups: int = 16,
         kl_weight: float = 1e-6,
@@ -69,25 +85,40 @@ class Autoencoder(AnomalyModule):
         downsampling = 2 ** (len(block_out_channels) - 1)
         if train_crop_size is not None and (train_crop_size <= 0 or train_crop_size % downsampling):
             raise ValueError(f"model.train_crop_size={train_crop_size} must be a positive multiple of {downsampling}")
+        if encoder == "kl" and latent_channels is None:
+            raise ValueError("model.latent_channels must be set for encoder 'kl' (null is for 'pretrained' only)")
         self.save_hyperparameters()
         depth = len(block_out_channels)
-        self.vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * depth,
-            up_block_types=("UpDecoderBlock2D",) * depth,
-            block_out_channels=tuple(block_out_channels),
-            layers_per_block=layers_per_block,
-            latent_channels=latent_channels,
-            norm_num_groups=norm_num_groups,
-        )
+        if encoder == "pretrained":
+            self.vae = FeatureAutoencoder(
+                backbone_layers=tuple(backbone_layers),
+                downsampling=downsampling,
+                latent_channels=latent_channels,
+                block_out_channels=tuple(block_out_channels),
+                layers_per_block=layers_per_block,
+                norm_num_groups=norm_num_groups,
+            )
+            self.vae.load_backbone_weights(backbone_weights)
+        else:
+            self.vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * depth,
+                up_block_types=("UpDecoderBlock2D",) * depth,
+                block_out_channels=tuple(block_out_channels),
+                layers_per_block=layers_per_block,
+                latent_channels=latent_channels,
+                norm_num_groups=norm_num_groups,
+            )
         self.kl_weight = kl_weight
         self.export_dir = export_dir
         self.blur_sigma = blur_sigma
         self.train_crop_size = train_crop_size
 
     def reconstruct(self, image: Tensor, sample: bool = False) -> tuple[Tensor, Tensor]:
-        """Return the reconstruction in ``[-1, 1]`` of ``(B, 3, H, W)`` images in ``[0, 1]``, and the KL per sample."""
+        """Reconstruction in ``[-1, 1]`` of ``(B, 3, H, W)`` images in ``[0, 1]``, and the KL (0 if pretrained)."""
+        if isinstance(self.vae, FeatureAutoencoder):
+            return self.vae(image * 2 - 1), image.new_zeros(len(image))
         posterior = self.vae.encode(image * 2 - 1).latent_dist
         latents = posterior.sample() if sample else posterior.mode()
         return self.vae.decode(latents).sample, posterior.kl()
@@ -120,6 +151,16 @@ class Autoencoder(AnomalyModule):
         anomaly_map = gaussian_blur(error, self.blur_sigma)
         return {"anomaly_map": anomaly_map, "pred_score": image_score(anomaly_map)}
 
+    def _training_images(self) -> Iterator[Tensor]:
+        """The training images in ``[-1, 1]``, whole (not cropped), on this module's device."""
+        for batch in self.trainer.datamodule.train_dataloader():
+            yield batch["image"].to(self.device) * 2 - 1
+
+    def on_fit_start(self) -> None:
+        """Standardise the pretrained encoder's features over the training images before the decoder trains."""
+        if isinstance(self.vae, FeatureAutoencoder):
+            self.vae.fit_statistics(self._training_images(), "features")
+
     @torch.no_grad()
     def fit_scaling_factor(self, dataloader) -> float:
         """Set ``vae.config.scaling_factor`` to 1 / std of the posterior means over ``dataloader``."""
@@ -134,12 +175,15 @@ class Autoencoder(AnomalyModule):
         return 1.0 / std
 
     def on_train_end(self) -> None:
-        """Fit the latent scaling factor on the training images and export the autoencoder (rank zero)."""
+        """Fit the latent scaling (or standardisation) on the training images and export the autoencoder (rank zero)."""
         if not self.trainer.is_global_zero:
             return
         was_training = self.training
         self.eval()
-        self.fit_scaling_factor(self.trainer.datamodule.train_dataloader())
+        if isinstance(self.vae, FeatureAutoencoder):
+            self.vae.fit_statistics(self._training_images(), "latent")
+        else:
+            self.fit_scaling_factor(self.trainer.datamodule.train_dataloader())
         self.train(was_training)
         # run_directory, not trainer.log_dir: that broadcasts, and only rank zero is here (a hang under DDP)
         target = Path(self.export_dir) if self.export_dir else run_directory(self.trainer) / "autoencoder"

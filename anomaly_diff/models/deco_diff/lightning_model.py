@@ -96,7 +96,7 @@ class DeCoDiff(AnomalyModule):
             codec,
             num_classes=self.num_classes,
             unet=unet,
-            latent_channels=codec.vae.config.latent_channels,
+            latent_channels=codec.latent_channels,
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
             timesteps=resolve_chain(num_train_timesteps, reverse_steps, timesteps),

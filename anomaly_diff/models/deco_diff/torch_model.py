@@ -157,6 +157,23 @@ class AnomalyMapConfig:
     score_top_k: int = 1
 
 
+def compose_maps(image_diff: Tensor, latent_diff: Tensor, cfg: AnomalyMapConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """The anomaly map from the two discrepancies (the reference's ``calculate_anomaly_map``).
+
+    Args:
+        image_diff: ``(B, H, W)`` ``max_RGB |reconstruction - reference|`` in ``[-1, 1]`` units.
+        latent_diff: ``(B, h, w)`` ``mean_C |z_hat - z|``.
+        cfg: Clips, scales, blurs and fusion.
+
+    Returns:
+        ``(anomaly_map, image_map, latent_map)``, each ``(B, H, W)``.
+    """
+    image_map = gaussian_blur(clip_and_scale(image_diff, cfg.image_clip, cfg.image_scale), cfg.image_sigma)
+    latent_map = gaussian_blur(clip_and_scale(latent_diff, cfg.latent_clip, cfg.latent_scale), cfg.latent_sigma)
+    latent_map = resize_maps(latent_map, image_diff.shape[-2:])
+    return fuse_maps(image_map, latent_map, cfg.fusion), image_map, latent_map
+
+
 class DeCoDiffOutput(NamedTuple):
     """Inference result of a batch.
 
@@ -259,11 +276,8 @@ class DeCoDiffModel(nn.Module):
         # |.| in [-1, 1] units, as the reference measures it: twice the difference in [0, 1] units. The decoder
         # outputs are not clamped first: the reference compares them raw (they may overshoot [-1, 1]).
         image_diff = 2.0 * (reconstruction - reference).abs().amax(dim=1)
-        image_map = gaussian_blur(clip_and_scale(image_diff, cfg.image_clip, cfg.image_scale), cfg.image_sigma)
         latent_diff = (corrected - latents.float()).abs().mean(dim=1)
-        latent_map = gaussian_blur(clip_and_scale(latent_diff, cfg.latent_clip, cfg.latent_scale), cfg.latent_sigma)
-        latent_map = resize_maps(latent_map, image.shape[-2:])
-        anomaly_map = fuse_maps(image_map, latent_map, cfg.fusion)
+        anomaly_map, image_map, latent_map = compose_maps(image_diff, latent_diff, cfg)
         return DeCoDiffOutput(
             anomaly_map=anomaly_map,
             pred_score=image_score(anomaly_map, cfg.score_top_k),

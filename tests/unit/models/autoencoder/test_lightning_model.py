@@ -77,3 +77,25 @@ def test_training_uses_random_crops_of_the_images():
 def test_crop_size_must_fit_the_downsampling():
     with pytest.raises(ValueError, match="train_crop_size=7 must be a positive multiple of 2"):
         tiny(train_crop_size=7)
+
+
+def test_pretrained_encoder_stays_frozen_while_the_decoder_learns():
+    torch.manual_seed(0)
+    model = Autoencoder(["a"], encoder="pretrained", block_out_channels=(8, 8, 8, 8), norm_num_groups=4,
+                        latent_channels=None)
+    encoder_before = {k: v.clone() for k, v in model.vae.encoder.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in model.vae.decoder.state_dict().items()}
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    losses = model.compute_losses(batch(2, 32))
+    # deterministic encoder: the loss is the L1 of the reconstruction, no KL
+    assert losses["kl"].item() == 0 and losses["loss"].item() == losses["l1"].item()
+    losses["loss"].backward()
+    optimiser.step()
+    assert all(torch.equal(v, model.vae.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert any(not torch.equal(v, model.vae.decoder.state_dict()[k]) for k, v in decoder_before.items())
+
+
+def test_kl_encoder_needs_latent_channels():
+    with pytest.raises(ValueError, match="latent_channels must be set for encoder 'kl'"):
+        tiny(latent_channels=None)
