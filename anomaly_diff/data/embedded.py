@@ -11,7 +11,7 @@ class Embedded(MVTecAD):
 
     All of :data:`~anomaly_diff.data.synthetic.EMBEDDED_CATEGORIES` are always generated, so selecting a
     subset with ``categories`` reuses the same cache; the generator rebuilds ``root`` only when its own
-    parameters (``data_seed``, ``generated_size``, the counts) change. The categories are known before
+    parameters (``data_seed``, ``generated_size``, the counts, ``difficulty``) change. The categories are known before
     the data exists, so ``categories``/``num_classes`` are available right after construction.
 
     Args:
@@ -32,6 +32,9 @@ class Embedded(MVTecAD):
         num_train: Normal training images per category. Defaults to 60.
         num_test_good: Normal test images per category. Defaults to 10.
         num_test_defective: Defective test images per category. Defaults to 20.
+        difficulty: Defect preset of the generator, one of :data:`~anomaly_diff.data.synthetic.DIFFICULTIES`:
+            ``"realistic"`` (MVTec AD-like defects) or ``"hard"`` (generator version 1's far harder ones). Defaults
+            to ``"realistic"``.
         path: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
     """
 
@@ -51,8 +54,12 @@ class Embedded(MVTecAD):
         num_train: int = 60,
         num_test_good: int = 10,
         num_test_defective: int = 20,
+        difficulty: str = "realistic",
         path: str | None = None,
     ) -> None:
+        if difficulty not in synthetic.DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {synthetic.DIFFICULTIES}, got {difficulty!r}")
+        self.difficulty = difficulty
         self.data_seed = data_seed
         self.generated_size = generated_size
         self.num_train = num_train
@@ -75,4 +82,5 @@ class Embedded(MVTecAD):
             num_train=self.num_train,
             num_test_good=self.num_test_good,
             num_test_defective=self.num_test_defective,
+            difficulty=self.difficulty,
         )

@@ -1,12 +1,19 @@
 """The embedded default data set: MVTec-AD-layout anomaly data generated offline from scikit-image's sample images.
 
-Every category starts from one image that scikit-image ships inside its wheel (no download): the CC0 textures
-``brick``, ``grass`` and ``gravel`` (tinted, since they are grayscale) and crops of two photographs, the CC0 espresso
-cup of ``coffee`` and one coin of ``coins`` (no known copyright restrictions, Brooklyn Museum). Normal images are
-jittered crops of that image: random crops and flips for textures, small shifts and scale changes of one fixed
-region for objects, plus slight brightness, contrast and colour-cast changes for both. Defective test images are
-normal images with one synthetic defect from :data:`DEFECT_TYPES`, each with its exact pixel mask (see
-:func:`apply_defect`).
+Every category starts from one image that scikit-image ships inside its wheel (no download; the loader in
+parentheses). Textures, randomly cropped: ``brick``, ``grass`` and ``gravel`` (CC0 textures, tinted since they are
+grayscale), ``paper`` (``text``: handwriting on paper, public domain, kept gray) and ``tissue``
+(``immunohistochemistry``: stained colon tissue, no known copyright restrictions). Objects, one fixed region:
+``camera`` (``camera``: the camcorder of the CC0 cameraman photograph, kept gray), ``cell`` (``cell``: a CC0
+quantitative phase image of a cell, kept gray), ``coffee`` (the CC0 espresso cup) and ``coins`` (one coin of
+``coins``, tinted; no known copyright restrictions, Brooklyn Museum). Gray categories (like MVTec AD's grid, screw and
+zipper) are stored as RGB with equal channels. Normal images are jittered crops of that image: random crops and flips
+for textures, small shifts and scale changes of one fixed region for objects, plus slight brightness, contrast and
+colour-cast changes for both. Defective test images are normal images with one synthetic defect of the chosen
+``difficulty`` (:data:`DEFECT_TYPES`), each with its exact pixel mask (see :func:`apply_defect`): ``realistic`` (the
+default) has MVTec AD-like defects a human inspector sees at the working resolution (contamination, crack, hole,
+scratch, stain); ``hard`` keeps generator version 1's far harder ones (deformation, patch, scratch, stain: thin or
+faint, often invisible on stochastic textures) and writes the same files as version 1 for version 1's five categories.
 
 Everything is drawn from ``numpy.random.default_rng([seed, crc32(category), split, index])``, so the same
 parameters give byte-identical PNG files, and a category's images do not depend on which other categories are
@@ -22,6 +29,7 @@ Command line (prints the data set's path)::
 
     anomaly-diff-data --output DIR [--seed N] [--image-size S] [--num-train N]
         [--num-test-good N] [--num-test-defective N] [--categories brick coffee ...]
+        [--difficulty {hard,realistic}]
 """
 
 from __future__ import annotations
@@ -48,15 +56,25 @@ from scipy import ndimage
 
 from anomaly_diff.utils.io import atomic_write_text
 
-GENERATOR_VERSION = 1
-"""Bumped whenever the same parameters would give different files; a cached set of another version is rebuilt."""
+GENERATOR_VERSION = 2
+"""Bumped whenever the same parameters would give different files; a cached set of another version is rebuilt.
+
+Version 2 added the ``difficulty`` parameter, the realistic defects and four categories; ``difficulty="hard"`` writes
+the same files as version 1 for version 1's five categories."""
 
 MANIFEST_NAME = "manifest.json"
 GENERATOR_NAME = "anomaly_diff.data.synthetic"
 """The manifest's ``generator`` value: how a directory this module wrote is told from user data."""
 
-DEFECT_TYPES: tuple[str, ...] = ("deformation", "patch", "scratch", "stain")
-"""Defect types, sorted; the names of the ``test/<defect_type>`` and ``ground_truth/<defect_type>`` folders."""
+DIFFICULTIES: tuple[str, ...] = ("hard", "realistic")
+"""The defect presets: ``realistic`` (the default) and ``hard`` (version 1's defects); see :func:`apply_defect`."""
+
+DEFECT_TYPES: dict[str, tuple[str, ...]] = {
+    "hard": ("deformation", "patch", "scratch", "stain"),
+    "realistic": ("contamination", "crack", "hole", "scratch", "stain"),
+}
+"""Defect types of each difficulty, sorted; the names of the ``test/<defect_type>`` and ``ground_truth/<defect_type>``
+folders."""
 
 # Split codes that enter the random seed of every image.
 _TRAIN, _TEST_GOOD, _TEST_DEFECT = 0, 1, 2
@@ -69,7 +87,8 @@ class _Source:
     Attributes:
         loader: Name of the ``skimage.data`` function returning the source image.
         licence: Licence of the source image, as scikit-image's docstring states it.
-        tint: ``(dark, light)`` RGB colours in ``[0, 1]`` that a grayscale source's black and white map to.
+        tint: ``(dark, light)`` RGB colours in ``[0, 1]`` that a grayscale source's black and white map to; ``None``
+            keeps a grayscale source gray.
         region: ``(centre_x, centre_y, side)`` in source pixels of an object category's square crop; ``None`` for a
             texture, which is cropped anywhere.
     """
@@ -82,15 +101,30 @@ class _Source:
 
 _SOURCES: dict[str, _Source] = {
     "brick": _Source("brick", "CC0", tint=((0.16, 0.06, 0.04), (0.95, 0.64, 0.50))),
+    "camera": _Source("camera", "CC0", region=(300.0, 160.0, 120.0)),
+    "cell": _Source("cell", "CC0", region=(424.0, 380.0, 200.0)),
     "coffee": _Source("coffee", "CC0", region=(275.0, 200.0, 380.0)),
     "coins": _Source("coins", "no known copyright restrictions", tint=((0.06, 0.05, 0.04), (0.98, 0.86, 0.60)),
                      region=(343.0, 187.0, 76.0)),
     "grass": _Source("grass", "CC0", tint=((0.04, 0.12, 0.02), (0.70, 0.92, 0.38))),
     "gravel": _Source("gravel", "CC0", tint=((0.10, 0.09, 0.08), (0.88, 0.84, 0.76))),
+    "paper": _Source("text", "no known copyright restrictions, public domain"),
+    "tissue": _Source("immunohistochemistry", "no known copyright restrictions"),
 }
 
 EMBEDDED_CATEGORIES: tuple[str, ...] = tuple(sorted(_SOURCES))
 """The default categories, sorted (so a category's class index is its position here)."""
+
+_GRAY_LOADERS = frozenset({"camera", "cell", "text"})
+"""``skimage.data`` loaders of grayscale images; without a tint such a category stays gray."""
+
+_VERSION_1_CATEGORIES: tuple[str, ...] = ("brick", "coffee", "coins", "grass", "gravel")
+"""Version 1's categories: the donors of the ``hard`` preset's ``patch`` defects, so its files stay version 1's."""
+
+
+def is_grayscale(category: str) -> bool:
+    """Whether a category's images are gray (MVTec AD's grid, screw, zipper are): RGB files with equal channels."""
+    return _SOURCES[category].tint is None and _SOURCES[category].loader in _GRAY_LOADERS
 
 
 @cache
@@ -105,7 +139,9 @@ def _source_image(category: str) -> np.ndarray:
     """
     spec = _SOURCES[category]
     image = getattr(skimage.data, spec.loader)()
-    if image.ndim == 2:
+    if image.ndim == 2 and spec.tint is None:  # a gray category: equal channels
+        image = np.repeat(image[..., None], 3, axis=-1)
+    elif image.ndim == 2:
         dark, light = (np.asarray(colour, dtype=np.float32) for colour in spec.tint)
         grey = image.astype(np.float32)[..., None] / 255.0
         image = np.round((dark + grey * (light - dark)) * 255.0).astype(np.uint8)
@@ -130,7 +166,7 @@ def normal_image(category: str, rng: np.random.Generator, image_size: int) -> np
     Textures: a random square crop of 45-65 % of the source's side, random horizontal and vertical flips. Objects:
     the category's fixed region, shifted by up to 3 % and scaled by up to 4 % of its side. Both: brightness gain
     ``0.93..1.07``, contrast ``0.92..1.08`` around the image mean, offset ``-0.02..0.02``, and a colour cast (gain
-    ``0.975..1.025`` per channel).
+    ``0.975..1.025`` per channel; one gain, their mean, for a gray category).
 
     Args:
         category: One of :data:`EMBEDDED_CATEGORIES`.
@@ -164,8 +200,10 @@ def normal_image(category: str, rng: np.random.Generator, image_size: int) -> np
             image = image[::-1]
     mean = image.mean()
     image = (image - mean) * rng.uniform(0.92, 1.08) + mean * rng.uniform(0.93, 1.07) + rng.uniform(-0.02, 0.02)
-    image = image * rng.uniform(0.975, 1.025, size=3).astype(np.float32)  # white-balance cast
-    return _to_uint8(image)
+    cast = rng.uniform(0.975, 1.025, size=3).astype(np.float32)  # white-balance cast
+    if is_grayscale(category):
+        cast[:] = cast.mean()  # a gray category stays gray
+    return _to_uint8(image * cast)
 
 
 def _blob_alpha(rng: np.random.Generator, size: int, radius: float, softness: float, floor: float) -> np.ndarray:
@@ -200,7 +238,7 @@ def _blob_alpha(rng: np.random.Generator, size: int, radius: float, softness: fl
     return np.where(inside > 0, floor + (1.0 - floor) * ramp, 0.0).astype(np.float32)
 
 
-def _scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _hard_scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A thin curved line, brighter or darker than the surface it crosses.
 
     The centreline turns with a heading ``theta0 + c1 t + c2 t^2``; pixels within half the width of it (Euclidean
@@ -230,7 +268,7 @@ def _scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, n
     return overlay, alpha.astype(np.float32)
 
 
-def _stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _hard_stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A colour blob: the surface tinted by a per-channel gain, so its texture shows through."""
     size = image.shape[0]
     alpha = _blob_alpha(rng, size, max(rng.uniform(0.02, 0.11) * size, 2.0), softness=rng.uniform(0.2, 0.8), floor=0.35)
@@ -240,7 +278,7 @@ def _stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return overlay, alpha * rng.uniform(0.4, 0.9)
 
 
-def _patch(image: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _hard_patch(image: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A piece of another surface pasted in; 70 % of the time colour-matched, so only its texture differs.
 
     Colour matching maps each donor channel's mean and standard deviation under the blob onto the host's.
@@ -255,7 +293,7 @@ def _patch(image: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tu
     return overlay, alpha
 
 
-def _deformation(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _hard_deformation(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A local elastic warp: a swirl or a push inside a disc; the mask is where pixels moved by at least half a pixel.
 
     The displacement is ``amplitude * (1 - (r / R)^2)^2`` inside the disc of radius ``R`` (zero outside), either
@@ -286,57 +324,204 @@ def _deformation(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return warped, moved.astype(np.float32)
 
 
+def _centreline(rng: np.random.Generator, size: int, length: float, bend: float, jag: float,
+                start: np.ndarray | None = None, heading: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Points about half a pixel apart along a random curve of ``length`` pixels: ``(ys, xs)``.
+
+    The heading is ``theta0 + c1 t + c2 t^2`` (``|c| <= bend``) plus, for a jagged line, a piecewise constant offset
+    of standard deviation ``jag`` radians that changes every 4 points.
+    """
+    count = max(int(length * 2), 2)
+    steps = np.linspace(0.0, 1.0, count)
+    theta0 = rng.uniform(0.0, 2 * np.pi) if heading is None else heading
+    angles = theta0 + rng.uniform(-bend, bend) * steps + rng.uniform(-bend, bend) * steps**2
+    if jag > 0:
+        angles = angles + np.repeat(rng.normal(0.0, jag, size=count // 4 + 1), 4)[:count]
+    if start is None:
+        start = rng.uniform(0.2, 0.8, size=2) * size
+    step = length / count
+    return start[0] + np.cumsum(np.sin(angles)) * step, start[1] + np.cumsum(np.cos(angles)) * step
+
+
+def _line_alpha(size: int, lines: list[tuple[np.ndarray, np.ndarray]], half_width: float,
+                strength: float) -> np.ndarray:
+    """Opacity of lines of ``half_width`` around centrelines (Euclidean distance), fading by a third to the edge."""
+    centreline = np.zeros((size, size), dtype=bool)
+    for ys, xs in lines:
+        keep = (ys >= 0) & (ys < size) & (xs >= 0) & (xs < size)
+        centreline[ys[keep].astype(int), xs[keep].astype(int)] = True
+    if not centreline.any():  # the curve left the image: keep the pixel nearest its start
+        ys, xs = lines[0]
+        centreline[int(np.clip(ys[0], 0, size - 1)), int(np.clip(xs[0], 0, size - 1))] = True
+    distance = ndimage.distance_transform_edt(~centreline)
+    return np.where(distance <= half_width, strength * (1.0 - distance / (3.0 * half_width + 3.0)),
+                    0.0).astype(np.float32)
+
+
+def _real_scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth curved line 3-5 px wide (at 256 px), bright (bare metal, 60 %) or dark, of strong contrast."""
+    size = image.shape[0]
+    scale = size / 256.0
+    line = _centreline(rng, size, rng.uniform(0.15, 0.5) * size, bend=1.2, jag=0.0)
+    alpha = _line_alpha(size, [line], max(rng.uniform(1.0, 2.2) * scale, 0.5), rng.uniform(0.75, 1.0))
+    if rng.random() < 0.6:
+        overlay = image + (1.0 - image) * rng.uniform(0.55, 0.9)
+    else:
+        overlay = image * rng.uniform(0.15, 0.4)
+    return overlay, alpha
+
+
+def _crack(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dark jagged line 2-5 px wide (at 256 px), with a branch 60 % of the time."""
+    size = image.shape[0]
+    scale = size / 256.0
+    length = rng.uniform(0.15, 0.45) * size
+    main = _centreline(rng, size, length, bend=0.8, jag=0.45)
+    lines = [main]
+    if rng.random() < 0.6:
+        at = rng.integers(len(main[0]) // 4, max(len(main[0]) * 3 // 4, len(main[0]) // 4 + 1))
+        start = np.array([main[0][at], main[1][at]])
+        lines.append(_centreline(rng, size, length * rng.uniform(0.25, 0.55), bend=0.8, jag=0.45, start=start))
+    alpha = _line_alpha(size, lines, max(rng.uniform(0.8, 2.0) * scale, 0.5), rng.uniform(0.85, 1.0))
+    return image * rng.uniform(0.05, 0.3), alpha
+
+
+def _hole(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dark hole of irregular outline, with a bright torn rim about 2 px wide (at 256 px)."""
+    size = image.shape[0]
+    scale = size / 256.0
+    alpha = _blob_alpha(rng, size, max(rng.uniform(0.025, 0.07) * size, 2.0), softness=0.15, floor=0.9)
+    depth = ndimage.distance_transform_edt(alpha > 0)
+    rim = depth <= max(rng.uniform(1.0, 2.5) * scale, 1.0)
+    dark = 0.03 + image * rng.uniform(0.05, 0.25)
+    bright = image + (1.0 - image) * rng.uniform(0.3, 0.6)
+    overlay = np.where(rim[..., None], bright, dark)
+    return overlay, np.where(alpha > 0, 1.0, 0.0).astype(np.float32)
+
+
+def _real_stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A soft blob of oil (dark), rust (brown) or residue (whitish); the surface's texture shows through."""
+    size = image.shape[0]
+    alpha = _blob_alpha(rng, size, max(rng.uniform(0.04, 0.11) * size, 2.0), softness=rng.uniform(0.3, 0.7),
+                        floor=0.5)
+    kind = rng.integers(3)
+    if kind == 0:  # oil
+        overlay = image * rng.uniform(0.25, 0.5)
+    elif kind == 1:  # rust: the surface's brightness in a brown
+        brown = np.array([0.55, 0.30, 0.12], dtype=np.float32) * rng.uniform(0.7, 1.2)
+        overlay = brown * (0.5 + image.mean(-1, keepdims=True))
+    else:  # dried residue
+        overlay = image + (1.0 - image) * rng.uniform(0.45, 0.75)
+    return overlay, alpha * rng.uniform(0.75, 1.0)
+
+
+def _contamination(image: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Foreign material on the surface, in a colour unlike the surface's.
+
+    A particle (70 %) with the donor's texture, or a fibre: a thin wavy line 2-4 px wide at 256 px.
+    """
+    size = image.shape[0]
+    scale = size / 256.0
+    host = image.mean((0, 1))
+    colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+    # Unlike the surface: 0.35 apart in some channel, or 0.3 in brightness on a gray surface (it will be gray).
+    while (abs(colour.mean() - host.mean()) < 0.3) if _is_gray(image) else (np.abs(colour - host).max() < 0.35):
+        colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+    luminance = donor.mean(-1, keepdims=True)
+    overlay = np.clip(colour + 0.8 * (luminance - luminance.mean()), 0.0, 1.0)
+    if rng.random() < 0.7:
+        alpha = _blob_alpha(rng, size, max(rng.uniform(0.02, 0.07) * size, 2.0), softness=0.1, floor=0.9)
+    else:
+        line = _centreline(rng, size, rng.uniform(0.15, 0.4) * size, bend=3.0, jag=0.15)
+        alpha = _line_alpha(size, [line], max(rng.uniform(0.8, 1.6) * scale, 0.5), 1.0)
+    return overlay, alpha
+
+
+def _is_gray(image: np.ndarray) -> bool:
+    """Whether an ``(H, W, 3)`` image has equal channels."""
+    return bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+
+
+_HARD = {"deformation": _hard_deformation, "scratch": _hard_scratch, "stain": _hard_stain}
+_REALISTIC = {"crack": _crack, "hole": _hole, "scratch": _real_scratch, "stain": _real_stain}
+_DONOR_TYPES = {"hard": "patch", "realistic": "contamination"}
+"""The defect type of each difficulty that pastes a piece of another category's image (its ``donor``)."""
+
+
 def apply_defect(
-    image: np.ndarray, defect_type: str, rng: np.random.Generator, donor: np.ndarray | None = None
+    image: np.ndarray,
+    defect_type: str,
+    rng: np.random.Generator,
+    donor: np.ndarray | None = None,
+    difficulty: str = "realistic",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add one synthetic defect to an image and return its exact mask.
 
     Each defect gives an overlay and an opacity that is positive exactly on the defect; masked pixels become the
-    rounded blend ``(1 - opacity) * image + opacity * overlay``, every other pixel is copied unchanged, so the mask
-    is exactly the set of pixels the defect touched. Sizes and strengths vary from small and faint to large and
-    plain; lengths scale with the image side.
+    rounded blend ``(1 - opacity) * image + opacity * overlay``, every other pixel is copied unchanged. Lengths scale
+    with the image side. A gray image (equal channels) gets a gray defect (the overlay's channel mean).
+
+    ``realistic`` (MVTec AD-like: defects an inspector sees at half the side, of varied sizes and contrasts):
+    ``contamination`` (a particle of foreign material with ``donor``'s texture in a colour unlike the surface's, or a
+    fibre), ``crack`` (a dark jagged line 2-5 px wide at 256 px, often branched), ``hole`` (a dark hole with a bright
+    torn rim), ``scratch`` (a smooth bright or dark line 3-5 px wide at 256 px), ``stain`` (oil, rust or residue:
+    a soft blob the texture shows through). The mask is exactly the set of pixels the defect changed.
+
+    ``hard`` (version 1's defects, far harder than MVTec AD's): ``deformation`` (local elastic warp), ``patch``
+    (pasted piece of ``donor``, mostly colour-matched), ``scratch`` (a line 0-3 px wide of random contrast), ``stain``
+    (faint colour blob); from small and faint to large and plain. The mask is the set of pixels the defect touched
+    (rounding can leave a faint one unchanged).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB defect-free image, ``H == W``.
-        defect_type: One of :data:`DEFECT_TYPES`: ``scratch`` (thin curved line), ``stain`` (colour blob),
-            ``patch`` (pasted piece of ``donor``), ``deformation`` (local elastic warp).
+        defect_type: One of ``DEFECT_TYPES[difficulty]``.
         rng: Source of randomness.
-        donor: ``(H, W, 3)`` uint8 image of another surface; required for ``patch`` only.
+        donor: ``(H, W, 3)`` uint8 image of another surface; required for ``contamination`` and ``patch`` only.
+        difficulty: One of :data:`DIFFICULTIES`.
 
     Returns:
         ``(defected, mask)``: ``(H, W, 3)`` uint8 and ``(H, W)`` bool, non-empty.
 
     Raises:
-        ValueError: If ``defect_type`` is unknown, the image is not square RGB uint8, or ``patch`` gets no donor of
-            the image's shape.
+        ValueError: If ``difficulty`` or ``defect_type`` is unknown, the image is not square RGB uint8, or a
+            ``contamination`` or ``patch`` gets no donor of the image's shape.
     """
+    _check_difficulty(difficulty)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1] or image.dtype != np.uint8:
         raise ValueError(f"apply_defect needs a square (H, W, 3) uint8 image, got shape {image.shape} {image.dtype}")
+    if defect_type not in DEFECT_TYPES[difficulty]:
+        raise ValueError(f"defect_type must be one of {DEFECT_TYPES[difficulty]} for difficulty {difficulty!r}, "
+                         f"got {defect_type!r}")
     base = image.astype(np.float32) / 255.0
-    if defect_type == "scratch":
-        overlay, alpha = _scratch(base, rng)
-    elif defect_type == "stain":
-        overlay, alpha = _stain(base, rng)
-    elif defect_type == "patch":
+    if defect_type == _DONOR_TYPES[difficulty]:
         if donor is None or donor.shape != image.shape:
             shape = None if donor is None else donor.shape
-            raise ValueError(f"defect_type 'patch' needs a donor image of shape {image.shape}, got {shape}")
-        overlay, alpha = _patch(base, donor.astype(np.float32) / 255.0, rng)
-    elif defect_type == "deformation":
-        overlay, alpha = _deformation(base, rng)
+            raise ValueError(f"defect_type {defect_type!r} needs a donor image of shape {image.shape}, got {shape}")
+        paste = _hard_patch if difficulty == "hard" else _contamination
+        overlay, alpha = paste(base, donor.astype(np.float32) / 255.0, rng)
     else:
-        raise ValueError(f"defect_type must be one of {DEFECT_TYPES}, got {defect_type!r}")
+        overlay, alpha = (_HARD if difficulty == "hard" else _REALISTIC)[defect_type](base, rng)
+    if _is_gray(image):
+        overlay = np.repeat(overlay.mean(-1, keepdims=True), 3, axis=-1)
     mask = alpha > 0
     opacity = alpha[mask][:, None]
     defected = image.copy()
     defected[mask] = _to_uint8((1.0 - opacity) * base[mask] + opacity * overlay[mask])
+    if difficulty == "realistic":
+        mask &= (defected != image).any(-1)
     return defected, mask
 
 
-def _defect_counts(num_test_defective: int) -> dict[str, int]:
-    """Spread the defective test images over :data:`DEFECT_TYPES` as evenly as possible (earlier types first)."""
-    share, extra = divmod(num_test_defective, len(DEFECT_TYPES))
-    return {name: share + (i < extra) for i, name in enumerate(DEFECT_TYPES)}
+def _check_difficulty(difficulty: str) -> None:
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+
+
+def _defect_counts(num_test_defective: int, difficulty: str) -> dict[str, int]:
+    """Spread the defective test images over a difficulty's defect types as evenly as possible (earlier first)."""
+    types = DEFECT_TYPES[difficulty]
+    share, extra = divmod(num_test_defective, len(types))
+    return {name: share + (i < extra) for i, name in enumerate(types)}
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -355,14 +540,18 @@ def _write_category(directory: Path, category: str, params: dict) -> dict[str, i
         _save_png(normal_image(category, _image_rng(seed, category, _TEST_GOOD, index), size),
                   directory / "test" / "good" / f"{index:03d}.png")
     counts = {"train/good": params["num_train"], "test/good": params["num_test_good"]}
-    donors = [name for name in EMBEDDED_CATEGORIES if name != category]
+    difficulty = params["difficulty"]
+    pool = _VERSION_1_CATEGORIES if difficulty == "hard" else EMBEDDED_CATEGORIES
+    donors = [name for name in pool if name != category]
     offset = 0
-    for defect_type, count in _defect_counts(params["num_test_defective"]).items():
+    for defect_type, count in _defect_counts(params["num_test_defective"], difficulty).items():
         for index in range(count):
             rng = _image_rng(seed, category, _TEST_DEFECT, offset + index)
             image = normal_image(category, rng, size)
-            donor = normal_image(donors[rng.integers(len(donors))], rng, size) if defect_type == "patch" else None
-            defected, mask = apply_defect(image, defect_type, rng, donor)
+            donor = None
+            if defect_type == _DONOR_TYPES[difficulty]:
+                donor = normal_image(donors[rng.integers(len(donors))], rng, size)
+            defected, mask = apply_defect(image, defect_type, rng, donor, difficulty)
             _save_png(defected, directory / "test" / defect_type / f"{index:03d}.png")
             _save_png(mask.astype(np.uint8) * 255, directory / "ground_truth" / defect_type / f"{index:03d}_mask.png")
         offset += count
@@ -430,6 +619,7 @@ def generate_embedded_dataset(
     num_test_good: int = 10,
     num_test_defective: int = 20,
     categories: Sequence[str] | None = None,
+    difficulty: str = "realistic",
 ) -> Path:
     """Write the embedded data set in MVTec AD layout under ``root``, or reuse the one already there.
 
@@ -444,19 +634,22 @@ def generate_embedded_dataset(
         image_size: Side of the square RGB images, at least 32.
         num_train: Normal training images per category, at least 1.
         num_test_good: Normal test images per category.
-        num_test_defective: Defective test images per category, spread evenly over :data:`DEFECT_TYPES` (a type
-            with no image gets no folder).
+        num_test_defective: Defective test images per category, spread evenly over ``DEFECT_TYPES[difficulty]``
+            (a type with no image gets no folder).
         categories: Subset of :data:`EMBEDDED_CATEGORIES`; ``None`` for all of them.
+        difficulty: Defect preset, one of :data:`DIFFICULTIES` (see :func:`apply_defect`): ``realistic``
+            (MVTec AD-like) or ``hard`` (version 1's defects; the same files as version 1 wrote for its categories).
 
     Returns:
         ``root`` as an absolute path.
 
     Raises:
-        ValueError: If a count, the size or a category is invalid.
+        ValueError: If a count, the size, a category or the difficulty is invalid.
         FileExistsError: If ``root`` is non-empty and holds no embedded data set.
         NotADirectoryError: If ``root`` is a file.
     """
     root = Path(root).expanduser().absolute()
+    _check_difficulty(difficulty)
     categories = list(EMBEDDED_CATEGORIES if categories is None else categories)
     unknown = sorted(set(categories) - set(EMBEDDED_CATEGORIES))
     if unknown or not categories or len(set(categories)) != len(categories):
@@ -468,7 +661,7 @@ def generate_embedded_dataset(
                          f"{num_test_good}, {num_test_defective}")
     params = {"seed": int(seed), "image_size": int(image_size), "num_train": int(num_train),
               "num_test_good": int(num_test_good), "num_test_defective": int(num_test_defective),
-              "categories": sorted(categories)}
+              "categories": sorted(categories), "difficulty": difficulty}
     if _matches(_read_manifest(root), params):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -480,7 +673,7 @@ def generate_embedded_dataset(
             "generator": GENERATOR_NAME,
             "version": GENERATOR_VERSION,
             "parameters": params,
-            "defect_types": list(DEFECT_TYPES),
+            "defect_types": list(DEFECT_TYPES[difficulty]),
             "counts": counts,
             "sources": {name: f"skimage.data.{_SOURCES[name].loader}() ({_SOURCES[name].licence})"
                         for name in params["categories"]},
@@ -520,10 +713,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: %(default)s)")
     parser.add_argument("--categories", nargs="+", choices=EMBEDDED_CATEGORIES, default=None,
                         help="subset of the categories (default: all)")
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="realistic",
+                        help="defect preset: MVTec AD-like or version 1's far harder defects (default: %(default)s)")
     args = parser.parse_args(argv)
     root = generate_embedded_dataset(args.output, seed=args.seed, image_size=args.image_size,
                                      num_train=args.num_train, num_test_good=args.num_test_good,
-                                     num_test_defective=args.num_test_defective, categories=args.categories)
+                                     num_test_defective=args.num_test_defective, categories=args.categories,
+                                     difficulty=args.difficulty)
     print(root)
     return 0
 

@@ -1,9 +1,13 @@
+import inspect
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 
 from anomaly_diff.data import DatasetError, Embedded
-from anomaly_diff.data.synthetic import EMBEDDED_CATEGORIES
+from anomaly_diff.data.synthetic import EMBEDDED_CATEGORIES, MANIFEST_NAME
 
 SMALL = {"generated_size": 32, "num_train": 5, "num_test_good": 2, "num_test_defective": 4}
 
@@ -47,3 +51,23 @@ def test_prepare_data_is_idempotent(tmp_path):
     stamp = image.stat().st_mtime_ns
     datamodule.prepare_data()
     assert image.stat().st_mtime_ns == stamp
+
+
+def test_difficulty_reaches_the_generator(tmp_path):
+    root = tmp_path / "embedded"
+    assert Embedded(root=str(root)).difficulty == "realistic"
+    datamodule = Embedded(root=str(root), categories=["grass"], difficulty="hard", **SMALL)
+    datamodule.prepare_data()
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    assert manifest["parameters"]["difficulty"] == "hard"
+    assert sorted(p.name for p in (root / "grass" / "test").iterdir()) == ["deformation", "good", "patch",
+                                                                           "scratch", "stain"]
+    with pytest.raises(ValueError, match=r"difficulty must be one of \('hard', 'realistic'\), got 'easy'"):
+        Embedded(root=str(root), difficulty="easy")
+
+
+@pytest.mark.parametrize("config", ["configs/data/embedded.yaml", "configs/drdc/embedded_data.yaml"])
+def test_configs_name_the_realistic_difficulty(config):
+    init_args = yaml.safe_load((Path(__file__).parents[3] / config).read_text())["init_args"]
+    assert init_args["difficulty"] == "realistic"
+    assert set(init_args) <= set(inspect.signature(Embedded).parameters)

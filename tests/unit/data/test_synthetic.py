@@ -1,25 +1,30 @@
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from anomaly_diff.data import synthetic
 from anomaly_diff.data.synthetic import (
     DEFECT_TYPES,
+    DIFFICULTIES,
     EMBEDDED_CATEGORIES,
     MANIFEST_NAME,
     apply_defect,
     generate_embedded_dataset,
+    is_grayscale,
     main,
     normal_image,
 )
 
-SMALL = {"seed": 3, "image_size": 64, "num_train": 3, "num_test_good": 2, "num_test_defective": 5,
+SMALL = {"seed": 3, "image_size": 64, "num_train": 3, "num_test_good": 2, "num_test_defective": 6,
          "categories": ["coffee", "brick"]}
-# 5 defective images over the 4 sorted defect types: the first type gets the extra one.
-SMALL_DEFECT_COUNTS = {"deformation": 2, "patch": 1, "scratch": 1, "stain": 1}
+# 6 defective images over the 5 sorted realistic defect types: the first type gets the extra one.
+SMALL_DEFECT_COUNTS = {"contamination": 2, "crack": 1, "hole": 1, "scratch": 1, "stain": 1}
+ALL_DEFECT_TYPES = [(difficulty, name) for difficulty in DIFFICULTIES for name in DEFECT_TYPES[difficulty]]
 
 
 def relative_files(root: Path) -> set[str]:
@@ -36,9 +41,58 @@ def small_set(tmp_path_factory) -> Path:
 
 
 def test_constants():
-    assert list(EMBEDDED_CATEGORIES) == sorted(EMBEDDED_CATEGORIES) and len(EMBEDDED_CATEGORIES) >= 4
-    assert {"brick", "grass", "gravel"} <= set(EMBEDDED_CATEGORIES)
-    assert list(DEFECT_TYPES) == sorted(DEFECT_TYPES) == ["deformation", "patch", "scratch", "stain"]
+    assert list(EMBEDDED_CATEGORIES) == sorted(EMBEDDED_CATEGORIES) and len(EMBEDDED_CATEGORIES) >= 8
+    assert {"brick", "coffee", "coins", "grass", "gravel"} <= set(EMBEDDED_CATEGORIES)
+    assert DIFFICULTIES == ("hard", "realistic") and set(DEFECT_TYPES) == set(DIFFICULTIES)
+    assert list(DEFECT_TYPES["hard"]) == ["deformation", "patch", "scratch", "stain"]
+    assert list(DEFECT_TYPES["realistic"]) == sorted(DEFECT_TYPES["realistic"]) and len(DEFECT_TYPES["realistic"]) >= 4
+    gray = [name for name in EMBEDDED_CATEGORIES if is_grayscale(name)]
+    assert 2 <= len(gray) < len(EMBEDDED_CATEGORIES)
+
+
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_gray_categories_have_equal_channels_in_every_image(tmp_path, difficulty):
+    gray = [name for name in EMBEDDED_CATEGORIES if is_grayscale(name)]
+    root = generate_embedded_dataset(tmp_path / "data", seed=2, image_size=32, num_train=2, num_test_good=1,
+                                     num_test_defective=len(DEFECT_TYPES[difficulty]), categories=gray,
+                                     difficulty=difficulty)
+    for path in root.rglob("*.png"):
+        if "ground_truth" not in path.parts:
+            image = np.asarray(Image.open(path))
+            assert image.ndim == 3 and (image == image[..., :1]).all(), path
+    colour = normal_image("tissue", np.random.default_rng(0), 32)
+    assert not (colour == colour[..., :1]).all()
+
+
+# sha256 of version 1's files (generator version 1, before the difficulty existed) at these parameters: the hard
+# preset must keep writing them byte for byte.
+VERSION_1 = {"seed": 3, "image_size": 64, "num_train": 2, "num_test_good": 2, "num_test_defective": 4,
+             "categories": ["brick", "coffee", "coins", "grass", "gravel"]}
+VERSION_1_DIGEST = "ab57d4fbf9e00bd87b666255e1d0a1e42d234ca7e2b1528c85b010091301a940"  # all 60 PNGs, see below
+VERSION_1_FILES = {
+    "brick/train/good/000.png": "50b1e5ea745547f8ad5c5a59d2899db454dd23bf84add74c4638e4d6ee9bb142",
+    "coffee/test/good/001.png": "08c630dc330524b2cc1b8f453abc32c5321681c6924d74930ea5bb609365c806",
+    "coins/test/deformation/000.png": "f9b8caf148e4ff2f01859829f3857bf811682d540ba848752272681de48ab763",
+    "coins/ground_truth/deformation/000_mask.png": "77c0e8142a8b6851592eadec5827bf6c493b49c4fe0f547e6ce7c973225f601e",
+    "grass/test/patch/000.png": "0b340888703cd9c55fdc9cdc35d0af8accf1b26339dd6c4f0327bb72e3ae12b5",
+    "grass/ground_truth/patch/000_mask.png": "101cd7c90d3a77759f14d090659c738ff15ff155e945c1f5f85bdbf368b4cb13",
+    "gravel/test/scratch/000.png": "8ca2912737b6887570a5739e0f39d82a43898cb04a4a4e199f9fc999f1a2bc9e",
+    "gravel/ground_truth/scratch/000_mask.png": "3b48a7e35b6a180329c61c8be4411aca4c8925312b3e9759439a13e7843575cc",
+    "brick/test/stain/000.png": "3caacd4c2679d0983c61b47ac1506726c67401906936ea8c8825272ec6d93814",
+    "brick/ground_truth/stain/000_mask.png": "59c008d0164fc87e54baecb7943db9a34f71db72db87a5d23abb37067e42c0d0",
+}
+
+
+def test_hard_preset_writes_version_1_files_byte_for_byte(tmp_path):
+    root = generate_embedded_dataset(tmp_path / "hard", difficulty="hard", **VERSION_1)
+    pngs = sorted(root.rglob("*.png"))
+    for name, expected in VERSION_1_FILES.items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == expected, name
+    digest = hashlib.sha256()  # over (relative path, sha256 of the file) of every PNG in path order
+    for path in pngs:
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    assert len(pngs) == 60 and digest.hexdigest() == VERSION_1_DIGEST
 
 
 def test_exact_mvtec_layout_and_counts(small_set):
@@ -52,7 +106,8 @@ def test_exact_mvtec_layout_and_counts(small_set):
     assert relative_files(small_set) == expected
 
     manifest = json.loads((small_set / MANIFEST_NAME).read_text())
-    assert manifest["parameters"] == {**SMALL, "categories": ["brick", "coffee"]}
+    assert manifest["parameters"] == {**SMALL, "categories": ["brick", "coffee"], "difficulty": "realistic"}
+    assert manifest["defect_types"] == list(DEFECT_TYPES["realistic"])
     assert manifest["counts"]["coffee"] == {"train/good": 3, "test/good": 2,
                                             **{f"test/{d}": n for d, n in SMALL_DEFECT_COUNTS.items()}}
 
@@ -88,7 +143,10 @@ def test_a_category_does_not_depend_on_the_others(small_set, tmp_path):
 
 
 def test_stored_defective_image_differs_from_its_normal_image_exactly_on_the_mask(small_set):
-    """Regenerate each defective image's defect-free original (same per-image seed) and compare with the files."""
+    """Regenerate each defective image's defect-free original (same per-image seed) and compare with the files.
+
+    Realistic masks are exactly the changed pixels.
+    """
     offset = 0
     for defect, count in SMALL_DEFECT_COUNTS.items():
         for index in range(count):
@@ -96,49 +154,70 @@ def test_stored_defective_image_differs_from_its_normal_image_exactly_on_the_mas
             clean = normal_image("brick", rng, SMALL["image_size"])
             stored = np.asarray(Image.open(small_set / "brick" / "test" / defect / f"{index:03d}.png"))
             mask = np.asarray(Image.open(small_set / "brick" / "ground_truth" / defect / f"{index:03d}_mask.png")) > 0
-            assert np.array_equal(stored[~mask], clean[~mask]), (defect, index)
-            assert (stored != clean).any(-1)[mask].mean() >= 0.5, (defect, index)
+            assert mask.any() and np.array_equal((stored != clean).any(-1), mask), (defect, index)
         offset += count
 
 
-@pytest.mark.parametrize("defect_type", DEFECT_TYPES)
-@pytest.mark.parametrize("seed", range(6))
-def test_apply_defect_changes_only_the_masked_pixels(defect_type, seed):
+@pytest.mark.parametrize(("difficulty", "defect_type"), ALL_DEFECT_TYPES)
+@pytest.mark.parametrize(("seed", "category"), enumerate(["gravel", "coins", "camera", "tissue", "grass", "cell"]))
+def test_apply_defect_changes_only_the_masked_pixels(difficulty, defect_type, seed, category):
     rng = np.random.default_rng(seed)
-    image = normal_image("gravel", rng, 64)
+    image = normal_image(category, rng, 64)
     donor = normal_image("coins", rng, 64)
     before = image.copy()
-    defected, mask = apply_defect(image, defect_type, rng, donor)
+    defected, mask = apply_defect(image, defect_type, rng, donor, difficulty)
     assert np.array_equal(image, before), "the input must not be modified"
     assert defected.shape == image.shape and defected.dtype == np.uint8
     assert mask.shape == (64, 64) and mask.dtype == bool and mask.any()
     assert np.array_equal(defected[~mask], image[~mask])
     changed = (defected != image).any(-1)
-    assert changed[mask].mean() >= 0.5, "most masked pixels must visibly change"
+    if difficulty == "realistic":
+        assert np.array_equal(changed, mask), "the mask is exactly the changed pixels"
+    else:
+        assert changed[mask].mean() >= 0.5, "most masked pixels must visibly change"
+    if is_grayscale(category):
+        assert (defected == defected[..., :1]).all(), "a gray image gets a gray defect"
 
 
-def test_defect_sizes_range_from_small_to_large():
-    areas = {d: [] for d in DEFECT_TYPES}
+@pytest.mark.parametrize("difficulty", DIFFICULTIES)
+def test_defect_sizes_range_from_small_to_large(difficulty):
+    areas = {d: [] for d in DEFECT_TYPES[difficulty]}
     for seed in range(24):
         rng = np.random.default_rng(seed)
         image, donor = normal_image("grass", rng, 128), normal_image("brick", rng, 128)
-        for defect in DEFECT_TYPES:
-            areas[defect].append(apply_defect(image, defect, rng, donor)[1].mean())
+        for defect in DEFECT_TYPES[difficulty]:
+            areas[defect].append(apply_defect(image, defect, rng, donor, difficulty)[1].mean())
     for defect, fractions in areas.items():
         assert min(fractions) < 0.01, defect  # small ones included
-        assert max(fractions) > 4 * min(fractions), defect
+        assert max(fractions) > 3 * min(fractions), defect
         assert max(fractions) < 0.3, defect
+
+
+def test_realistic_lines_are_visible_at_half_the_side():
+    """Scratches and cracks are at least 2 px wide at 256 px (1 px at the working resolution 128)."""
+    for defect in ["crack", "scratch"]:
+        for seed in range(8):
+            rng = np.random.default_rng(seed)
+            _, mask = apply_defect(normal_image("brick", rng, 256), defect, rng)
+            # A line at least 2 px wide survives an erosion by a 2 x 2 square.
+            assert ndimage.binary_erosion(mask, np.ones((2, 2), bool)).any(), (defect, seed)
 
 
 def test_apply_defect_rejects_bad_input():
     image = np.zeros((32, 32, 3), np.uint8)
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="'crack'"):
-        apply_defect(image, "crack", rng)
+    with pytest.raises(ValueError, match="'dent'"):
+        apply_defect(image, "dent", rng)
+    with pytest.raises(ValueError, match="deformation.*for difficulty 'hard', got 'crack'"):
+        apply_defect(image, "crack", rng, difficulty="hard")
     with pytest.raises(ValueError, match="patch.*donor"):
-        apply_defect(image, "patch", rng)
+        apply_defect(image, "patch", rng, difficulty="hard")
+    with pytest.raises(ValueError, match="contamination.*donor"):
+        apply_defect(image, "contamination", rng)
     with pytest.raises(ValueError, match="donor"):
-        apply_defect(image, "patch", rng, donor=np.zeros((16, 16, 3), np.uint8))
+        apply_defect(image, "contamination", rng, donor=np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"difficulty must be one of \('hard', 'realistic'\), got 'easy'"):
+        apply_defect(image, "stain", rng, difficulty="easy")
     with pytest.raises(ValueError, match="uint8"):
         apply_defect(image.astype(np.float32), "stain", rng)
 
@@ -159,6 +238,27 @@ def test_other_parameters_replace_an_earlier_embedded_set(tmp_path):
     assert json.loads((root / MANIFEST_NAME).read_text())["parameters"]["seed"] == 1
     assert file_bytes(root)["grass/train/good/000.png"] != old["grass/train/good/000.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"], "no staging or retired directory is left"
+
+
+def test_the_difficulty_is_in_the_manifest_and_another_one_rebuilds(tmp_path):
+    params = {"image_size": 32, "num_train": 1, "num_test_good": 0, "num_test_defective": 4, "categories": ["grass"]}
+    root = generate_embedded_dataset(tmp_path / "data", **params)
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    assert manifest["parameters"]["difficulty"] == "realistic" and manifest["version"] == synthetic.GENERATOR_VERSION
+    assert sorted(p.name for p in (root / "grass" / "test").iterdir()) == list(DEFECT_TYPES["realistic"][:4])
+    generate_embedded_dataset(root, difficulty="hard", **params)
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    assert manifest["parameters"]["difficulty"] == "hard" and manifest["defect_types"] == list(DEFECT_TYPES["hard"])
+    assert sorted(p.name for p in (root / "grass" / "test").iterdir()) == list(DEFECT_TYPES["hard"])
+
+
+def test_a_set_of_another_generator_version_is_rebuilt(tmp_path):
+    params = {"image_size": 32, "num_train": 1, "num_test_good": 0, "num_test_defective": 0, "categories": ["grass"]}
+    root = generate_embedded_dataset(tmp_path / "data", **params)
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    (root / MANIFEST_NAME).write_text(json.dumps({**manifest, "version": 1}))
+    generate_embedded_dataset(root, **params)
+    assert json.loads((root / MANIFEST_NAME).read_text())["version"] == synthetic.GENERATOR_VERSION
 
 
 def test_an_existing_empty_directory_is_filled(tmp_path):
@@ -213,6 +313,7 @@ def test_interrupted_generation_leaves_no_data_set(tmp_path, monkeypatch):
         ({"image_size": 16}, "image_size must be at least 32, got 16"),
         ({"num_train": 0}, "num_train >= 1"),
         ({"num_test_defective": -1}, "num_test_defective >= 0"),
+        ({"difficulty": "easy"}, r"difficulty must be one of \('hard', 'realistic'\), got 'easy'"),
     ],
 )
 def test_invalid_parameters_are_named(tmp_path, override, message):
@@ -238,5 +339,11 @@ def test_command_line_writes_the_set_and_prints_its_path(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(output.absolute())
     manifest = json.loads((output / MANIFEST_NAME).read_text())
     assert manifest["parameters"] == {"seed": 5, "image_size": 32, "num_train": 2, "num_test_good": 1,
-                                      "num_test_defective": 4, "categories": ["gravel"]}
+                                      "num_test_defective": 4, "categories": ["gravel"], "difficulty": "realistic"}
     assert len(list((output / "gravel" / "ground_truth").rglob("*_mask.png"))) == 4
+    main(["--output", str(output), "--image-size", "32", "--num-train", "1", "--categories", "gravel",
+          "--difficulty", "hard"])
+    assert json.loads((output / MANIFEST_NAME).read_text())["parameters"]["difficulty"] == "hard"
+    with pytest.raises(SystemExit):
+        main(["--output", str(output), "--difficulty", "easy"])
+    assert "invalid choice: 'easy'" in capsys.readouterr().err
