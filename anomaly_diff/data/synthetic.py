@@ -91,12 +91,15 @@ class _Source:
             keeps a grayscale source gray.
         region: ``(centre_x, centre_y, side)`` in source pixels of an object category's square crop; ``None`` for a
             texture, which is cropped anywhere.
+        grain: Scale of the ``realistic`` defects' widths and radii: above 1 for a coarse texture, whose structure
+            hides defects of the default size.
     """
 
     loader: str
     licence: str
     tint: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     region: tuple[float, float, float] | None = None
+    grain: float = 1.0
 
 
 _SOURCES: dict[str, _Source] = {
@@ -106,10 +109,10 @@ _SOURCES: dict[str, _Source] = {
     "coffee": _Source("coffee", "CC0", region=(275.0, 200.0, 380.0)),
     "coins": _Source("coins", "no known copyright restrictions", tint=((0.06, 0.05, 0.04), (0.98, 0.86, 0.60)),
                      region=(343.0, 187.0, 76.0)),
-    "grass": _Source("grass", "CC0", tint=((0.04, 0.12, 0.02), (0.70, 0.92, 0.38))),
-    "gravel": _Source("gravel", "CC0", tint=((0.10, 0.09, 0.08), (0.88, 0.84, 0.76))),
+    "grass": _Source("grass", "CC0", tint=((0.04, 0.12, 0.02), (0.70, 0.92, 0.38)), grain=1.3),
+    "gravel": _Source("gravel", "CC0", tint=((0.10, 0.09, 0.08), (0.88, 0.84, 0.76)), grain=1.6),
     "paper": _Source("text", "no known copyright restrictions, public domain"),
-    "tissue": _Source("immunohistochemistry", "no known copyright restrictions"),
+    "tissue": _Source("immunohistochemistry", "no known copyright restrictions", grain=1.3),
 }
 
 EMBEDDED_CATEGORIES: tuple[str, ...] = tuple(sorted(_SOURCES))
@@ -358,39 +361,39 @@ def _line_alpha(size: int, lines: list[tuple[np.ndarray, np.ndarray]], half_widt
                     0.0).astype(np.float32)
 
 
-def _real_scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _real_scratch(image: np.ndarray, rng: np.random.Generator, grain: float) -> tuple[np.ndarray, np.ndarray]:
     """A smooth curved line 3-5 px wide (at 256 px), bright (bare metal, 60 %) or dark, of strong contrast."""
     size = image.shape[0]
-    scale = size / 256.0
-    line = _centreline(rng, size, rng.uniform(0.15, 0.5) * size, bend=1.2, jag=0.0)
-    alpha = _line_alpha(size, [line], max(rng.uniform(1.0, 2.2) * scale, 0.5), rng.uniform(0.75, 1.0))
-    if rng.random() < 0.6:
-        overlay = image + (1.0 - image) * rng.uniform(0.55, 0.9)
+    scale = size / 256.0 * grain
+    line = _centreline(rng, size, rng.uniform(0.2, 0.5) * size, bend=1.2, jag=0.0)
+    alpha = _line_alpha(size, [line], max(rng.uniform(1.5, 3.0) * scale, 0.5), rng.uniform(0.8, 1.0))
+    if rng.random() < 0.7:
+        overlay = image + (1.0 - image) * rng.uniform(0.7, 0.95)
     else:
-        overlay = image * rng.uniform(0.15, 0.4)
+        overlay = image * rng.uniform(0.1, 0.3)
     return overlay, alpha
 
 
-def _crack(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _crack(image: np.ndarray, rng: np.random.Generator, grain: float) -> tuple[np.ndarray, np.ndarray]:
     """A dark jagged line 2-5 px wide (at 256 px), with a branch 60 % of the time."""
     size = image.shape[0]
-    scale = size / 256.0
-    length = rng.uniform(0.15, 0.45) * size
+    scale = size / 256.0 * grain
+    length = rng.uniform(0.2, 0.45) * size
     main = _centreline(rng, size, length, bend=0.8, jag=0.45)
     lines = [main]
     if rng.random() < 0.6:
         at = rng.integers(len(main[0]) // 4, max(len(main[0]) * 3 // 4, len(main[0]) // 4 + 1))
         start = np.array([main[0][at], main[1][at]])
         lines.append(_centreline(rng, size, length * rng.uniform(0.25, 0.55), bend=0.8, jag=0.45, start=start))
-    alpha = _line_alpha(size, lines, max(rng.uniform(0.8, 2.0) * scale, 0.5), rng.uniform(0.85, 1.0))
+    alpha = _line_alpha(size, lines, max(rng.uniform(1.2, 2.5) * scale, 0.5), rng.uniform(0.85, 1.0))
     return image * rng.uniform(0.05, 0.3), alpha
 
 
-def _hole(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _hole(image: np.ndarray, rng: np.random.Generator, grain: float) -> tuple[np.ndarray, np.ndarray]:
     """A dark hole of irregular outline, with a bright torn rim about 2 px wide (at 256 px)."""
     size = image.shape[0]
-    scale = size / 256.0
-    alpha = _blob_alpha(rng, size, max(rng.uniform(0.025, 0.07) * size, 2.0), softness=0.15, floor=0.9)
+    scale = size / 256.0 * grain
+    alpha = _blob_alpha(rng, size, max(rng.uniform(6.0, 18.0) * scale, 2.0), softness=0.15, floor=0.9)
     depth = ndimage.distance_transform_edt(alpha > 0)
     rim = depth <= max(rng.uniform(1.0, 2.5) * scale, 1.0)
     dark = 0.03 + image * rng.uniform(0.05, 0.25)
@@ -399,29 +402,32 @@ def _hole(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return overlay, np.where(alpha > 0, 1.0, 0.0).astype(np.float32)
 
 
-def _real_stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _real_stain(image: np.ndarray, rng: np.random.Generator, grain: float) -> tuple[np.ndarray, np.ndarray]:
     """A soft blob of oil (dark), rust (brown) or residue (whitish); the surface's texture shows through."""
     size = image.shape[0]
-    alpha = _blob_alpha(rng, size, max(rng.uniform(0.04, 0.11) * size, 2.0), softness=rng.uniform(0.3, 0.7),
-                        floor=0.5)
+    scale = size / 256.0 * grain
+    alpha = _blob_alpha(rng, size, max(rng.uniform(15.0, 36.0) * scale, 2.0), softness=rng.uniform(0.3, 0.7),
+                        floor=0.6)
     kind = rng.integers(3)
     if kind == 0:  # oil
-        overlay = image * rng.uniform(0.25, 0.5)
+        overlay = image * rng.uniform(0.08, 0.3)
     elif kind == 1:  # rust: the surface's brightness in a brown
         brown = np.array([0.55, 0.30, 0.12], dtype=np.float32) * rng.uniform(0.7, 1.2)
         overlay = brown * (0.5 + image.mean(-1, keepdims=True))
     else:  # dried residue
-        overlay = image + (1.0 - image) * rng.uniform(0.45, 0.75)
-    return overlay, alpha * rng.uniform(0.75, 1.0)
+        overlay = image + (1.0 - image) * rng.uniform(0.6, 0.85)
+    return overlay, alpha * rng.uniform(0.85, 1.0)
 
 
-def _contamination(image: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _contamination(
+    image: np.ndarray, donor: np.ndarray, rng: np.random.Generator, grain: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Foreign material on the surface, in a colour unlike the surface's.
 
     A particle (70 %) with the donor's texture, or a fibre: a thin wavy line 2-4 px wide at 256 px.
     """
     size = image.shape[0]
-    scale = size / 256.0
+    scale = size / 256.0 * grain
     host = image.mean((0, 1))
     colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
     # Unlike the surface: 0.35 apart in some channel, or 0.3 in brightness on a gray surface (it will be gray).
@@ -430,7 +436,7 @@ def _contamination(image: np.ndarray, donor: np.ndarray, rng: np.random.Generato
     luminance = donor.mean(-1, keepdims=True)
     overlay = np.clip(colour + 0.8 * (luminance - luminance.mean()), 0.0, 1.0)
     if rng.random() < 0.7:
-        alpha = _blob_alpha(rng, size, max(rng.uniform(0.02, 0.07) * size, 2.0), softness=0.1, floor=0.9)
+        alpha = _blob_alpha(rng, size, max(rng.uniform(5.0, 18.0) * scale, 2.0), softness=0.1, floor=0.9)
     else:
         line = _centreline(rng, size, rng.uniform(0.15, 0.4) * size, bend=3.0, jag=0.15)
         alpha = _line_alpha(size, [line], max(rng.uniform(0.8, 1.6) * scale, 0.5), 1.0)
@@ -454,6 +460,7 @@ def apply_defect(
     rng: np.random.Generator,
     donor: np.ndarray | None = None,
     difficulty: str = "realistic",
+    grain: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add one synthetic defect to an image and return its exact mask.
 
@@ -478,6 +485,8 @@ def apply_defect(
         rng: Source of randomness.
         donor: ``(H, W, 3)`` uint8 image of another surface; required for ``contamination`` and ``patch`` only.
         difficulty: One of :data:`DIFFICULTIES`.
+        grain: ``realistic`` only: widths and radii are multiplied by it, so that defects on a coarse texture
+            (gravel's stones) are as plain as on a fine one; the category's ``grain`` in the generator.
 
     Returns:
         ``(defected, mask)``: ``(H, W, 3)`` uint8 and ``(H, W)`` bool, non-empty.
@@ -497,10 +506,14 @@ def apply_defect(
         if donor is None or donor.shape != image.shape:
             shape = None if donor is None else donor.shape
             raise ValueError(f"defect_type {defect_type!r} needs a donor image of shape {image.shape}, got {shape}")
-        paste = _hard_patch if difficulty == "hard" else _contamination
-        overlay, alpha = paste(base, donor.astype(np.float32) / 255.0, rng)
+        if difficulty == "hard":
+            overlay, alpha = _hard_patch(base, donor.astype(np.float32) / 255.0, rng)
+        else:
+            overlay, alpha = _contamination(base, donor.astype(np.float32) / 255.0, rng, grain)
+    elif difficulty == "hard":
+        overlay, alpha = _HARD[defect_type](base, rng)
     else:
-        overlay, alpha = (_HARD if difficulty == "hard" else _REALISTIC)[defect_type](base, rng)
+        overlay, alpha = _REALISTIC[defect_type](base, rng, grain)
     if _is_gray(image):
         overlay = np.repeat(overlay.mean(-1, keepdims=True), 3, axis=-1)
     mask = alpha > 0
@@ -551,7 +564,7 @@ def _write_category(directory: Path, category: str, params: dict) -> dict[str, i
             donor = None
             if defect_type == _DONOR_TYPES[difficulty]:
                 donor = normal_image(donors[rng.integers(len(donors))], rng, size)
-            defected, mask = apply_defect(image, defect_type, rng, donor, difficulty)
+            defected, mask = apply_defect(image, defect_type, rng, donor, difficulty, _SOURCES[category].grain)
             _save_png(defected, directory / "test" / defect_type / f"{index:03d}.png")
             _save_png(mask.astype(np.uint8) * 255, directory / "ground_truth" / defect_type / f"{index:03d}_mask.png")
         offset += count

@@ -188,7 +188,7 @@ def test_defect_sizes_range_from_small_to_large(difficulty):
         for defect in DEFECT_TYPES[difficulty]:
             areas[defect].append(apply_defect(image, defect, rng, donor, difficulty)[1].mean())
     for defect, fractions in areas.items():
-        assert min(fractions) < 0.01, defect  # small ones included
+        assert min(fractions) < (0.01 if difficulty == "hard" else 0.02), defect  # small ones included
         assert max(fractions) > 3 * min(fractions), defect
         assert max(fractions) < 0.3, defect
 
