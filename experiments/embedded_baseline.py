@@ -167,7 +167,12 @@ def markdown(entries: dict) -> str:
         "EfficientNet-Lite0 (stride 8). The last columns are the image AUROC of normal vs one defect type.",
         "",
         "Seed 0 is the data everyone reports on; seed 1 is where the `realistic` defects were calibrated (target: "
-        "`feature_knn` mean image AUROC 95-98, pixel AUROC >= 95, MVTec AD-like).",
+        "`feature_knn` mean image AUROC 95-98, pixel AUROC >= 95, MVTec AD-like). With 10 normal and 20 defective test "
+        "images per category the per-category image AUROC moves by several points between seeds (compare grass at "
+        "seeds 0 and 1). On the stochastic textures (grass, gravel, tissue) `feature_knn`'s image score is often "
+        "the map's maximum in an image corner (zero padding of the backbone at a randomly cropped texture's border), "
+        "so a defect there counts only if it scores above the corners: contamination and holes do, dark stains and "
+        "thin lines on gravel mostly do not although they are plain to the eye (embedded_examples.png).",
         "",
         "## Summary (mean over categories)",
         "",
