@@ -56,7 +56,7 @@ from scipy import ndimage
 
 from anomaly_diff.utils.io import atomic_write_text
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever the same parameters would give different files; a cached set of another version is rebuilt.
 
 Version 2 added the ``difficulty`` parameter, the realistic defects and four categories; ``difficulty="hard"`` writes
