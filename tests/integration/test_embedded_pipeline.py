@@ -28,7 +28,7 @@ def test_embedded_stages_chain_through_the_exported_feature_autoencoder(tmp_path
           f"--model.init_args.export_dir={exported}", "--test_after_fit=false", "--trainer.enable_progress_bar=false",
           f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
     codec = LatentCodec(str(exported))
-    assert isinstance(codec.vae, FeatureAutoencoder) and codec.latent_channels == 64 and codec.downsampling == 8
+    assert isinstance(codec.vae, FeatureAutoencoder) and codec.latent_channels == 4 and codec.downsampling == 8
     # the exported encoder is the pretrained EfficientNet-Lite0, untouched by training
     reference = FeatureExtractor(layers=(1, 2), output_stride=8)
     torch.testing.assert_close(codec.vae.encoder.state_dict(), reference.state_dict(), rtol=0, atol=0)
@@ -38,7 +38,7 @@ def test_embedded_stages_chain_through_the_exported_feature_autoencoder(tmp_path
           f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
     (run,) = (tmp_path / "runs" / "deco_diff" / "embedded").iterdir()
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["init_args"]["timesteps"] == [0]
+    assert saved["model"]["init_args"]["timesteps"] == [4, 2, 0]
     assert saved["model"]["init_args"]["anomaly_map"]["fusion"] == "arithmetic"
     metrics = json.loads((run / "metrics.json").read_text())
     assert sorted(metrics["per_category"]) == ["brick", "paper"]
