@@ -247,12 +247,29 @@ def epochs(name: str) -> None:
     rows = []
     for checkpoint in sorted((WORK / name / "deco_diff").rglob("epoch*.ckpt")):
         parts = {split: discrepancies(str(checkpoint), SPLITS[split], [list(chain)]) for split in SPLITS}
-        row = {"checkpoint": checkpoint.name, **{split: score_maps(parts[split], chain, cfg) for split in SPLITS}}
+        row = {"checkpoint": checkpoint.name, "chain": list(chain), "map": dataclasses.asdict(cfg),
+               **{split: score_maps(parts[split], chain, cfg) for split in SPLITS}}
         row["tuning_mean"] = sum(row["tuning"].values()) / len(METRICS)
         rows.append(row)
         print(json.dumps(row), flush=True)
     record["epochs"] = rows
     save_record(record)
+
+
+SETTINGS_A = {"image_clip": 100.0, "image_sigma": 1.5, "latent_clip": 100.0, "latent_sigma": 0.5,
+              "fusion": "arithmetic"}
+
+
+def is_settings_a(row: dict) -> bool:
+    """Whether a section-2 row is the settings A (fused, chain [0])."""
+    return row["chain"] == [0] and row["only"] is None and all(row["map"][k] == v for k, v in SETTINGS_A.items())
+
+
+def settings_name(record: dict) -> str:
+    """``A`` or ``reference``: the test-time settings a candidate's own DeCo-Diff run was tested with."""
+    config = yaml.safe_load(next((WORK / record["name"] / "deco_diff").rglob("config.yaml")).read_text())
+    anomaly_map = config["model"]["init_args"]["anomaly_map"]
+    return "A" if all(anomaly_map[k] == v for k, v in SETTINGS_A.items()) else "reference"
 
 
 def percent(values: dict) -> str:
@@ -273,19 +290,28 @@ def report() -> None:
         "percent. The references on the same images (experiments/results/make_run_references.md): feature_knn "
         "tuning 94.5 / 97.7 / 53.8 / 95.2, test 96.6 / 98.2 / 51.0 / 96.3.",
         "",
-        "## 1. Latent spaces (DeCo-Diff 40 epochs each, the map settings of the time: reference clips, geometric)",
+        "## 1. Latent spaces (DeCo-Diff 40 epochs each)",
         "",
-        "| candidate | autoencoder | reconstruction L1 | autoencoder s | DeCo-Diff s | tuning: image AUROC "
-        "| pixel AUROC | pixel AUPRC | AUPRO | test: image AUROC | pixel AUROC | pixel AUPRC | AUPRO |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Test-time settings: `reference` = chain [0], the reference's clips (image 0.4, latent 0.2), blurs 1.5 / 1, "
+        "geometric fusion; `A` = chain [0], no clips, blurs 1.5 / 0.5, arithmetic fusion (the best for `features` in "
+        "section 2). Rows at `A` compare the latent spaces at equal settings.",
+        "",
+        "| candidate | autoencoder | reconstruction L1 | autoencoder s | DeCo-Diff s | test-time settings "
+        "| tuning: image AUROC | pixel AUROC | pixel AUPRC | AUPRO | mean "
+        "| test: image AUROC | pixel AUROC | pixel AUPRC | AUPRO |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in records.items():
         if "tuning" not in r or isinstance(CANDIDATES[name][0], str):
             continue
-        test_cells = percent(r["test"]) if "test" in r else "- | - | - | -"
-        lines.append(f"| {name} | `{json.dumps(r['autoencoder_overrides'])}` | {r['reconstruction_l1']:.4f} | "
-                     f"{r.get('autoencoder_seconds', 0):.0f} | {r['deco_diff_seconds']:.0f} | {percent(r['tuning'])} | "
-                     f"{test_cells} |")
+        rows = [(settings_name(r), r["tuning"], r.get("test"))]
+        if settings_name(r) != "A":  # its row at the settings A, from section 2
+            rows += [("A", row["tuning"], row["test"]) for row in r.get("maps", []) if is_settings_a(row)]
+        for settings, tuning, test_split in rows:
+            test_cells = percent(test_split) if test_split else "- | - | - | -"
+            lines.append(f"| {name} | `{json.dumps(r['autoencoder_overrides'])}` | {r['reconstruction_l1']:.4f} | "
+                         f"{r.get('autoencoder_seconds', 0):.0f} | {r['deco_diff_seconds']:.0f} | {settings} | "
+                         f"{percent(tuning)} | {100 * sum(tuning.values()) / len(METRICS):.1f} | {test_cells} |")
     lines += ["", "Seconds are wall time on the 2-core machine shared by up to four single-threaded runs "
               "(OMP_NUM_THREADS=1), so they compare candidates, not `make run` (make_run.md has its own times).", ""]
     for name, r in records.items():
@@ -305,7 +331,9 @@ def report() -> None:
     for name, r in records.items():
         if "epochs" not in r:
             continue
-        lines += [f"## 3. DeCo-Diff epochs (`{name}`, with the chosen test-time settings)", "",
+        first = r["epochs"][0]
+        lines += [f"## 3. DeCo-Diff epochs (`{name}`, 60 epochs with checkpoints at 20 / 40 / 60; chain "
+                  f"{first['chain']}, map settings `{json.dumps(first['map'])}`)", "",
                   "| checkpoint | tuning: image AUROC | pixel AUROC | pixel AUPRC | AUPRO | mean | test: image AUROC | "
                   "pixel AUROC | pixel AUPRC | AUPRO |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in r["epochs"]:
