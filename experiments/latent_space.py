@@ -313,7 +313,8 @@ def report() -> None:
                          f"{r.get('autoencoder_seconds', 0):.0f} | {r['deco_diff_seconds']:.0f} | {settings} | "
                          f"{percent(tuning)} | {100 * sum(tuning.values()) / len(METRICS):.1f} | {test_cells} |")
     lines += ["", "Seconds are wall time on the 2-core machine shared by up to four single-threaded runs "
-              "(OMP_NUM_THREADS=1), so they compare candidates, not `make run` (make_run.md has its own times).", ""]
+              "(OMP_NUM_THREADS=1), so they compare candidates, not `make run` (make_run.md has its own times); `kl`'s "
+              "DeCo-Diff time also holds about 40 minutes paused while `make run` was timed.", ""]
     for name, r in records.items():
         if "maps" not in r:
             continue
