@@ -120,7 +120,12 @@ class FeatureAutoencoder(ModelMixin, ConfigMixin):
 
         Features are standardised before training (so the projection and decoder see unit-scale inputs); the
         latent after it (so the diffusion model sees unit-variance latents, as latent diffusion's scaling does).
+
+        Raises:
+            ValueError: ``what`` is neither ``"features"`` nor ``"latent"``.
         """
+        if what not in ("features", "latent"):
+            raise ValueError(f"fit_statistics fits 'features' or 'latent', got {what!r}")
         total = total_sq = None
         count = 0
         for batch in images:

@@ -70,3 +70,8 @@ def test_save_pretrained_folder_loads_through_the_codec_with_identical_outputs(t
 def test_decoder_depth_must_match_the_downsampling():
     with pytest.raises(ValueError, match=r"upsample by 4, but downsampling is 8: give 4 entries"):
         FeatureAutoencoder(block_out_channels=(8, 8, 8), norm_num_groups=4)
+
+
+def test_unknown_statistics_are_named():
+    with pytest.raises(ValueError, match="fits 'features' or 'latent', got 'latents'"):
+        small().fit_statistics([images()], "latents")
