@@ -17,9 +17,24 @@ are this project's (see ``anomaly_diff/models/drdc/README.md``):
   last training timestep and ``DDIMScheduler.step`` only steps over evenly spaced sets that end at 0, neither of
   which is a short sweep from ``t_{n_t}``, so the two updates are written here from the schedule's
   ``alphas_cumprod``.
-- The hidden region starts either from the input diffused to ``t_{n_t}`` (``"noised_input"``, as SDEdit starts;
-  the natural state of a sweep that does not begin at pure noise) or from pure Gaussian noise (``"noise"``, as
-  RePaint's full sweep does).
+- A hidden pixel's own value never reaches its regeneration (the point of inpainting): the hidden region
+  starts at ``t_{n_t}`` from a value made of the known pixels only, and every later state of the hidden region
+  is made from the model's predictions and the known region. Two such starts (``InpaintInit``):
+
+  - ``"context"`` (default): the hidden region is first filled from the surrounding known pixels
+    (:func:`context_fill`) and that fill is diffused to ``t_{n_t}`` with fresh noise, so the hidden and the known
+    region carry the same noise level at every step, whatever ``t_{n_t}`` (the coherence RePaint gets by starting
+    both at pure noise at ``T``, which a short sweep cannot afford).
+  - ``"noise"``: the hidden region starts from standard Gaussian noise, RePaint's start; coherent with the
+    known region only when ``t_{n_t}`` is near ``T``.
+
+  ``"noised_input"`` starts the hidden region from the input diffused to ``t_{n_t}``, as SDEdit (Meng et al.,
+  ICLR 2022) starts an edit: at ``t_{n_t} = 100`` of the linear schedule a hidden pixel keeps
+  ``sqrt(alpha_bar) = 0.946`` of its own value, which flows into the first ``x0_hat`` and on. It is kept as a
+  named option (a noise-and-denoise reconstruction per mask set), and it is not inpainting.
+- Resampling (RePaint, Alg. 1, ``U`` "jumps" of length one): each step ``t -> t'`` is repeated ``resample``
+  times, the result re-noised from ``t'`` back to ``t`` in between, so the regenerated region harmonises with the
+  known one; ``resample = 1`` is no resampling.
 """
 
 import math
@@ -27,12 +42,14 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from anomaly_diff.diffusion.schedule import NoiseSchedule
 
 MaskLayout = Literal["interleaved", "random"]
-InpaintInit = Literal["noised_input", "noise"]
+InpaintInit = Literal["context", "noise", "noised_input"]
+INPAINT_INITS = ("context", "noise", "noised_input")
 
 NoisePredictor = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``predict(x_t (N, C, H, W), timesteps (N,), class_index (N,)) -> epsilon_hat (N, C, H, W)``."""
@@ -107,6 +124,35 @@ def select_timesteps(start: int, count: int) -> list[int]:
     return [round(start * k / count) for k in range(count, 0, -1)]
 
 
+def context_fill(known: Tensor, mask: Tensor) -> Tensor:
+    """Fill the hidden pixels from the known ones, layer by layer from the border of the hidden region inward.
+
+    Each pass gives every hidden pixel that touches known (or already filled) pixels the mean of those 3 x 3
+    neighbours, until every pixel is filled. A parameter-free smooth guess of the hidden region that depends on the known pixels only (OpenCV's
+    ``cv2.inpaint`` does a similar job, but per uint8 image on the CPU, not on a batch of float tensors on the
+    model's device). An image with no known pixel at all is filled with 0, the middle of ``[-1, 1]``.
+
+    Args:
+        known: ``(N, C, H, W)`` images.
+        mask: ``(N, 1, H, W)`` or ``(N, C, H, W)`` in ``{0, 1}``; 1 = hidden.
+
+    Returns:
+        ``(N, C, H, W)``: the known pixels unchanged, the hidden ones filled.
+    """
+    reached = ~mask.bool().expand_as(known)
+    value = torch.where(reached, known, torch.zeros_like(known))
+    for _ in range(max(known.shape[-2:])):
+        if reached.all():
+            break
+        # Sums over the 3 x 3 neighbourhood (avg_pool's common factor 1/9 cancels in the ratio).
+        total = F.avg_pool2d(value, 3, stride=1, padding=1)
+        count = F.avg_pool2d(reached.to(known.dtype), 3, stride=1, padding=1)
+        new = ~reached & (count > 0)
+        value = torch.where(new, total / count.clamp_min(1e-12), value)
+        reached = reached | new
+    return value
+
+
 def repaint(
     predict: NoisePredictor,
     known: Tensor,
@@ -114,14 +160,17 @@ def repaint(
     class_index: Tensor,
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
-    init: InpaintInit = "noised_input",
+    init: InpaintInit = "context",
+    resample: int = 1,
 ) -> Tensor:
     """Regenerate the masked region of each sample over the given timesteps, re-imposing the known region.
 
     At each timestep ``t`` (decreasing): ``eps = predict(x_t)``, ``x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)``
     clipped to ``[-1, 1]`` (and ``eps`` recomputed from the clipped ``x0_hat``, as diffusers' DDIM does); then
     ``x_{t'} = mask * (sqrt(a_t') x0_hat + sqrt(1 - a_t') eps) + (1 - mask) * (sqrt(a_t') known + sqrt(1 - a_t') n)``
-    with fresh noise ``n`` for the next timestep ``t'``.
+    with fresh noise ``n`` for the next timestep ``t'`` (after the last timestep, ``a_t' = 1``: the clean image).
+    With ``resample = U > 1``, the step is repeated ``U`` times, ``x_{t'}`` re-noised back to ``t`` in between:
+    ``x_t = sqrt(a_t / a_t') x_{t'} + sqrt(1 - a_t / a_t') n`` (RePaint, Alg. 1).
 
     Args:
         predict: The noise predictor.
@@ -131,42 +180,63 @@ def repaint(
         schedule: The noise schedule the predictor was trained with.
         timesteps: Decreasing timesteps in ``[0, T)``, e.g. from :func:`select_timesteps`.
         init: How the masked region starts (module docstring).
+        resample: Repetitions ``U >= 1`` of each step.
 
     Returns:
         ``(n_t, N, C, H, W)``: after each timestep, the inpainted image ``mask * x0_hat + (1 - mask) * known``
         (the known region is the input, unchanged).
 
     Raises:
-        ValueError: ``timesteps`` is empty, not strictly decreasing or outside ``[0, T)``, or ``init`` is unknown.
+        ValueError: ``timesteps`` is empty, not strictly decreasing or outside ``[0, T)``, ``init`` is unknown or
+            ``resample < 1``.
     """
     steps = [int(t) for t in timesteps]
     if not steps or any(a <= b for a, b in zip(steps, steps[1:], strict=False)):
         raise ValueError(f"timesteps {steps} must be a non-empty, strictly decreasing list")
     if steps[-1] < 0 or steps[0] >= schedule.num_timesteps:
         raise ValueError(f"timesteps {steps} must lie in [0, {schedule.num_timesteps}) for this schedule")
-    if init not in ("noised_input", "noise"):
-        raise ValueError(f"unknown inpainting init {init!r}: use 'noised_input' or 'noise'")
+    if init not in INPAINT_INITS:
+        raise ValueError(f"unknown inpainting init {init!r}: use one of {list(INPAINT_INITS)}")
+    if resample < 1:
+        raise ValueError(f"resample={resample} must be >= 1 (1 = no resampling)")
 
-    def at(step: int) -> Tensor:
-        return torch.full((known.shape[0],), step, dtype=torch.long, device=known.device)
+    def alpha_bar(step: int | None) -> Tensor:
+        if step is None:  # after the last timestep: the clean image
+            return torch.ones(known.shape[0], *[1] * (known.ndim - 1), device=known.device, dtype=known.dtype)
+        return schedule.alpha_bar(torch.full((known.shape[0],), step, device=known.device), known.ndim)
 
-    def diffuse(x0: Tensor, eps: Tensor, step: int) -> Tensor:
-        return schedule.signal_rate(at(step), x0.ndim) * x0 + schedule.noise_rate(at(step), x0.ndim) * eps
+    def diffuse(x0: Tensor, eps: Tensor, step: int | None) -> Tensor:
+        a = alpha_bar(step)
+        return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
-    x = diffuse(known, torch.randn_like(known), steps[0])
-    if init == "noise":
-        x = torch.where(mask.bool(), torch.randn_like(known), x)
+    if init == "context":
+        x = diffuse(mask * context_fill(known, mask) + (1.0 - mask) * known, torch.randn_like(known), steps[0])
+    else:
+        x = diffuse(known, torch.randn_like(known), steps[0])
+        if init == "noise":
+            x = torch.where(mask.bool(), torch.randn_like(known), x)
     outputs = []
     for index, step in enumerate(steps):
-        signal, sigma = schedule.signal_rate(at(step), x.ndim), schedule.noise_rate(at(step), x.ndim)
-        eps = predict(x, at(step), class_index)
-        x0_hat = ((x - sigma * eps) / signal).clamp(-1.0, 1.0)
-        outputs.append(mask * x0_hat + (1.0 - mask) * known)
-        if index + 1 < len(steps):
-            eps = (x - signal * x0_hat) / sigma
-            following = steps[index + 1]
-            known_t = diffuse(known, torch.randn_like(known), following)
-            x = mask * diffuse(x0_hat, eps, following) + (1.0 - mask) * known_t
+        following = steps[index + 1] if index + 1 < len(steps) else None
+        signal, sigma = alpha_bar(step).sqrt(), (1 - alpha_bar(step)).sqrt()
+        at = torch.full((known.shape[0],), step, dtype=torch.long, device=known.device)
+        for repeat in range(resample):
+            eps = predict(x, at, class_index)
+            x0_hat = ((x - sigma * eps) / signal).clamp(-1.0, 1.0)
+            last = repeat == resample - 1
+            if last:
+                outputs.append(mask * x0_hat + (1.0 - mask) * known)
+                if following is None:
+                    break
+            if following is None:  # the clean image, re-noised below
+                x = mask * x0_hat + (1.0 - mask) * known
+            else:
+                eps = (x - signal * x0_hat) / sigma
+                x = mask * diffuse(x0_hat, eps, following) + (1.0 - mask) * diffuse(known, torch.randn_like(known),
+                                                                                   following)
+            if not last:  # jump back from t' to t
+                ratio = alpha_bar(step) / alpha_bar(following)
+                x = ratio.sqrt() * x + (1 - ratio).sqrt() * torch.randn_like(known)
     return torch.stack(outputs)
 
 
@@ -177,7 +247,8 @@ def inpaint_disjoint(
     class_index: Tensor,
     schedule: NoiseSchedule,
     timesteps: Sequence[int],
-    init: InpaintInit = "noised_input",
+    init: InpaintInit = "context",
+    resample: int = 1,
 ) -> Tensor:
     """Inpaint every mask set of every image in one batched sweep and assemble each pixel from its own set.
 
@@ -192,6 +263,7 @@ def inpaint_disjoint(
         schedule: The noise schedule the predictor was trained with.
         timesteps: Decreasing timesteps, e.g. from :func:`select_timesteps`.
         init: How the masked regions start (module docstring).
+        resample: Repetitions of each step (:func:`repaint`).
 
     Returns:
         ``(n_t, B, C, H, W)`` the assembled inpainting after each timestep.
@@ -199,6 +271,7 @@ def inpaint_disjoint(
     num_sets, batch = mask_sets.shape[0], image.shape[0]
     known = image.repeat(num_sets, 1, 1, 1)
     masks = mask_sets.to(image).repeat_interleave(batch, dim=0)
-    inpainted = repaint(predict, known, masks, class_index.repeat(num_sets), schedule, timesteps, init)
+    inpainted = repaint(predict, known, masks, class_index.repeat(num_sets), schedule, timesteps, init,
+                        resample)
     inpainted = inpainted.unflatten(1, (num_sets, batch))
     return (inpainted * mask_sets.to(image)[None, :, None]).sum(dim=1)

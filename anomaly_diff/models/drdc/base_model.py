@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
-from anomaly_diff.models.components.anomaly_map import resize_maps
+from anomaly_diff.models.components.anomaly_map import gaussian_blur, resize_maps
 from anomaly_diff.models.components.backbone import FeatureExtractor
 
 
@@ -92,6 +92,7 @@ class BaseReconstructor(nn.Module):
         neighbourhood: Odd side of the masked neighbourhood in tokens; 0 disables the mask. Defaults to 7 (UniAD).
         jitter_scale: Feature-jitter scale alpha; 0 disables it. Defaults to 20 (UniAD).
         jitter_prob: Probability that a training sample is jittered. Defaults to 1 (UniAD).
+        blur_sigma: Gaussian blur of the anomaly map, in pixels of the image. Defaults to 4.
 
     Example:
         >>> model = BaseReconstructor(FeatureExtractor(), input_size=128, hidden_dim=64, neighbourhood=3)
@@ -113,8 +114,11 @@ class BaseReconstructor(nn.Module):
         neighbourhood: int = 7,
         jitter_scale: float = 20.0,
         jitter_prob: float = 1.0,
+        blur_sigma: float = 4.0,
     ) -> None:
         super().__init__()
+        if blur_sigma < 0:
+            raise ValueError(f"base blur_sigma must be >= 0, got {blur_sigma}")
         if input_size % extractor.output_stride:
             raise ValueError(
                 f"base input_size={input_size} must be divisible by the backbone "
@@ -129,6 +133,7 @@ class BaseReconstructor(nn.Module):
         self.grid = input_size // extractor.output_stride
         self.jitter_scale = jitter_scale
         self.jitter_prob = jitter_prob
+        self.blur_sigma = blur_sigma
         channels = extractor.out_channels
         self.input_proj = nn.Linear(channels, hidden_dim)
         self.output_proj = nn.Linear(hidden_dim, channels)
@@ -197,3 +202,8 @@ class BaseReconstructor(nn.Module):
             ``(B, H, W)`` base heatmap.
         """
         return resize_maps((reconstruction - features).square().sum(dim=1).sqrt(), size)
+
+    def anomaly_map(self, image: Tensor) -> Tensor:
+        """The base heatmap ``(B, H, W)`` of ``(B, 3, H, W)`` images: the blurred :meth:`error_map` at their size."""
+        reconstruction, features = self(image)
+        return gaussian_blur(self.error_map(reconstruction, features, image.shape[-2:]), self.blur_sigma)

@@ -10,15 +10,47 @@ formula is not public. This project's choice (reasons and measurements in ``READ
 2. :func:`fuse`: the base heatmap ``B`` (upsampled) is refined by the aggregated map ``R``, either
    multiplicatively, ``B * (1 + gamma * R)``, so ``R`` sharpens where the base model already sees an anomaly and
    is damped where it does not, or additively, ``B + gamma * R``. Both are invariant to a common rescaling of
-   ``B`` up to ``gamma``; ``gamma = 0`` is the base model alone.
+   ``B`` up to ``gamma``; ``gamma = 0`` is the base model alone. ``"base"`` and ``"refinement"`` keep one part
+   alone (the ablation rows, and a default when the evidence says one part is better alone).
 """
 
+from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
 
 TemporalFusion = Literal["mean", "last"]
-FusionMode = Literal["multiplicative", "additive"]
+FusionMode = Literal["multiplicative", "additive", "base", "refinement"]
+FUSION_MODES = ("multiplicative", "additive", "base", "refinement")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the base heatmap and the correction heatmaps become one map and one score per image.
+
+    Attributes:
+        temporal: ``"mean"`` over the timesteps, or ``"last"`` (the least noisy one).
+        gamma: Weight of the refinement.
+        mode: ``"multiplicative"`` ``B * (1 + gamma * R)``, ``"additive"`` ``B + gamma * R``, or one part alone:
+            ``"base"`` (the refinement is not run) or ``"refinement"``.
+        top_k: Pixels of the map averaged into the image score (1 = maximum).
+
+    Raises:
+        ValueError: A value is out of range or unknown.
+    """
+
+    temporal: TemporalFusion = "mean"
+    gamma: float = 16.0
+    mode: FusionMode = "multiplicative"
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        if self.temporal not in ("mean", "last"):
+            raise ValueError(f"fusion.temporal={self.temporal!r} is unknown: use 'mean' or 'last'")
+        if self.mode not in FUSION_MODES:
+            raise ValueError(f"fusion.mode={self.mode!r} is unknown: use one of {list(FUSION_MODES)}")
+        if self.gamma < 0 or self.top_k < 1:
+            raise ValueError(f"fusion.gamma must be >= 0 ({self.gamma}) and fusion.top_k >= 1 ({self.top_k})")
 
 
 def aggregate_refinement(heatmaps: Tensor, temporal: TemporalFusion = "mean") -> Tensor:
@@ -50,7 +82,8 @@ def fuse(base: Tensor, refinement: Tensor, gamma: float, mode: FusionMode = "mul
         base: ``(B, H, W)`` non-negative base heatmap at the image resolution.
         refinement: ``(B, H, W)`` non-negative refinement map.
         gamma: Weight of the refinement, ``>= 0``.
-        mode: ``"multiplicative"``: ``base * (1 + gamma * refinement)``; ``"additive"``: ``base + gamma * refinement``.
+        mode: ``"multiplicative"``: ``base * (1 + gamma * refinement)``; ``"additive"``: ``base + gamma * refinement``;
+            ``"base"`` or ``"refinement"``: that map alone.
 
     Returns:
         ``(B, H, W)`` fused anomaly map.
@@ -66,4 +99,8 @@ def fuse(base: Tensor, refinement: Tensor, gamma: float, mode: FusionMode = "mul
         return base * (1.0 + gamma * refinement)
     if mode == "additive":
         return base + gamma * refinement
-    raise ValueError(f"unknown fusion mode {mode!r}: use 'multiplicative' or 'additive'")
+    if mode == "base":
+        return base
+    if mode == "refinement":
+        return refinement
+    raise ValueError(f"unknown fusion mode {mode!r}: use one of {list(FUSION_MODES)}")

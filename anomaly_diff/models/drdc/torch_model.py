@@ -12,6 +12,8 @@ Conditioning") states the parts, not their code; the choices here are documented
 - **Inpainting**: each configuration (a mask ``patch_size``) splits the image into ``n_s`` disjoint mask sets,
   all inpainted in one batch over ``n_t`` timesteps from ``t_{n_t}``
   (:func:`~anomaly_diff.diffusion.inpainting.inpaint_disjoint`).
+- **Settings**: everything that shapes the test-time inpainting and its heatmaps is one :class:`InpaintingConfig`;
+  :class:`DRDCModel` puts the base model, this refiner and the fusion (:class:`~.fusion.FusionConfig`) together.
 - **High-frequency correction heatmaps**: from the residual ``r = x - x_hat`` of each timestep and configuration,
   at each scale ``s`` (``r`` average-pooled by ``s``), :func:`correction_heatmaps` keeps the local energy of
   the detail that a mean filter of size ``m`` removes, ``mean_m(|r - mean_m(r)|)`` (``"highpass"``), or the
@@ -19,6 +21,7 @@ Conditioning") states the parts, not their code; the choices here are documented
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -27,6 +30,7 @@ from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from anomaly_diff.diffusion.inpainting import (
+    INPAINT_INITS,
     InpaintInit,
     MaskLayout,
     disjoint_mask_sets,
@@ -34,10 +38,76 @@ from anomaly_diff.diffusion.inpainting import (
     select_timesteps,
 )
 from anomaly_diff.diffusion.schedule import NoiseSchedule
-from anomaly_diff.models.components.anomaly_map import resize_maps
+from anomaly_diff.models.components.anomaly_map import image_score, resize_maps
 from anomaly_diff.models.components.filters import high_pass, mean_filter
+from anomaly_diff.models.drdc.base_model import BaseReconstructor
+from anomaly_diff.models.drdc.fusion import FusionConfig, aggregate_refinement, fuse
 
 HeatmapMode = Literal["highpass", "residual"]
+
+
+@dataclass(frozen=True)
+class InpaintingConfig:
+    """How the refinement inpaints at test time and turns the inpaintings into correction heatmaps.
+
+    Attributes:
+        num_timesteps: ``n_t``, timesteps of the sweep.
+        start_timestep: ``t_{n_t}``, its first (noisiest) timestep.
+        num_sets: ``n_s``, disjoint mask sets per configuration.
+        patch_sizes: Mask square side of each inpainting configuration, in pixels.
+        mask_layout: ``"interleaved"`` or ``"random"`` (:func:`~anomaly_diff.diffusion.inpainting.disjoint_mask_sets`).
+        mask_seed: Seed of the ``"random"`` layout (the same sets for every batch).
+        init: Start of the hidden region: ``"context"`` or ``"noise"`` (inpainting: a hidden pixel never reaches its
+            own regeneration), or ``"noised_input"`` (SDEdit's start, which leaks it; not inpainting)
+            (:mod:`anomaly_diff.diffusion.inpainting`).
+        resample: RePaint's repetitions of each step (1 = none).
+        guidance_scale: Classifier-free guidance weight ``w`` toward the category (1 = conditional only, 0 =
+            unconditional).
+        filter_size: ``m``, side of the mean filter of the heatmaps.
+        scales: Down-sampling factors at which heatmaps are taken.
+        heatmap_mode: ``"residual"`` or ``"highpass"`` (:func:`correction_heatmaps`).
+
+    Raises:
+        ValueError: A value is out of range (named with what would be right).
+    """
+
+    num_timesteps: int = 5
+    start_timestep: int = 100
+    num_sets: int = 4
+    patch_sizes: tuple[int, ...] = (8,)
+    mask_layout: MaskLayout = "interleaved"
+    mask_seed: int = 0
+    init: InpaintInit = "context"
+    resample: int = 1
+    guidance_scale: float = 2.0
+    filter_size: int = 9
+    scales: tuple[int, ...] = (1, 2)
+    heatmap_mode: HeatmapMode = "residual"
+
+    def __post_init__(self) -> None:
+        # Lists from YAML become tuples, so that the config stays hashable and compares equal to its copy.
+        object.__setattr__(self, "patch_sizes", tuple(self.patch_sizes))
+        object.__setattr__(self, "scales", tuple(self.scales))
+        select_timesteps(self.start_timestep, self.num_timesteps)  # raises on an impossible sweep
+        if self.num_sets < 1 or not self.patch_sizes or min(self.patch_sizes) < 1:
+            raise ValueError(f"inpainting.num_sets={self.num_sets} and patch_sizes={list(self.patch_sizes)} must be "
+                             ">= 1 and non-empty (n_s disjoint mask sets of squares of those sides)")
+        if self.init not in INPAINT_INITS:
+            raise ValueError(f"inpainting.init={self.init!r} is unknown: use one of {list(INPAINT_INITS)}")
+        if self.mask_layout not in ("interleaved", "random"):
+            raise ValueError(f"inpainting.mask_layout={self.mask_layout!r} is unknown: use 'interleaved' or 'random'")
+        if self.resample < 1 or self.guidance_scale < 0 or self.filter_size < 1:
+            raise ValueError(f"inpainting.resample={self.resample} and filter_size={self.filter_size} must be >= 1, "
+                             f"guidance_scale={self.guidance_scale} >= 0")
+        if not self.scales or min(self.scales) < 1:
+            raise ValueError(f"inpainting.scales={list(self.scales)} must be non-empty down-sampling factors >= 1")
+        if self.heatmap_mode not in ("highpass", "residual"):
+            raise ValueError(f"inpainting.heatmap_mode={self.heatmap_mode!r} is unknown: use 'residual' or 'highpass'")
+
+    @property
+    def timesteps(self) -> list[int]:
+        """The ``n_t`` timesteps of the sweep (:func:`~anomaly_diff.diffusion.inpainting.select_timesteps`)."""
+        return select_timesteps(self.start_timestep, self.num_timesteps)
 
 
 def correction_heatmaps(
@@ -98,17 +168,7 @@ class DiffusionRefiner(nn.Module):
         norm_num_groups: Groups of the group norms; must divide every entry of ``block_out_channels``.
         num_train_timesteps: Diffusion timesteps T. Defaults to 1000 (DDPM).
         beta_schedule: diffusers beta schedule name. Defaults to ``"linear"`` (DDPM).
-        num_timesteps: ``n_t``, timesteps run at test time.
-        start_timestep: ``t_{n_t}``, the first of them.
-        num_sets: ``n_s``, disjoint mask sets per configuration.
-        patch_sizes: Mask square side of each inpainting configuration, in pixels.
-        mask_layout: ``"interleaved"`` or ``"random"`` (:func:`~anomaly_diff.diffusion.inpainting.disjoint_mask_sets`).
-        init: Start of the hidden region, ``"noised_input"`` or ``"noise"``.
-        guidance_scale: Classifier-free guidance weight ``w`` (1 = conditional only, 0 = unconditional).
-        filter_size: ``m``, side of the mean filter of the heatmaps.
-        scales: Down-sampling factors at which heatmaps are taken.
-        heatmap_mode: ``"highpass"`` or ``"residual"`` (:func:`correction_heatmaps`).
-        mask_seed: Seed of the ``"random"`` mask layout (the same sets for every batch).
+        inpainting: The test-time settings (:class:`InpaintingConfig`); an attribute a caller may replace.
     """
 
     def __init__(
@@ -120,35 +180,12 @@ class DiffusionRefiner(nn.Module):
         norm_num_groups: int = 32,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
-        num_timesteps: int = 5,
-        start_timestep: int = 100,
-        num_sets: int = 4,
-        patch_sizes: Sequence[int] = (8,),
-        mask_layout: MaskLayout = "interleaved",
-        init: InpaintInit = "noised_input",
-        guidance_scale: float = 2.0,
-        filter_size: int = 9,
-        scales: Sequence[int] = (1, 2),
-        heatmap_mode: HeatmapMode = "residual",
-        mask_seed: int = 0,
+        inpainting: InpaintingConfig | None = None,
     ) -> None:
         super().__init__()
         bad = [c for c in block_out_channels if c % norm_num_groups]
         if bad:
             raise ValueError(f"norm_num_groups={norm_num_groups} must divide every block_out_channels, not {bad}")
-        if not 0 <= start_timestep < num_train_timesteps:
-            raise ValueError(
-                f"start_timestep={start_timestep} must lie in [0, num_train_timesteps={num_train_timesteps})"
-            )
-        if num_sets < 1 or min(patch_sizes, default=1) < 1:
-            raise ValueError(f"num_sets={num_sets} and patch_sizes={list(patch_sizes)} must be >= 1 (n_s disjoint mask "
-                             "sets of squares of those sides)")
-        if not patch_sizes or not scales or filter_size < 1 or guidance_scale < 0:
-            raise ValueError(
-                f"need non-empty patch_sizes ({list(patch_sizes)}) and scales ({list(scales)}), filter_size >= 1 "
-                f"({filter_size}) and guidance_scale >= 0 ({guidance_scale})"
-            )
-        self.timesteps = select_timesteps(start_timestep, num_timesteps)
         depth = len(block_out_channels)
         down = ["DownBlock2D"] * depth
         up = ["UpBlock2D"] * depth
@@ -167,19 +204,43 @@ class DiffusionRefiner(nn.Module):
         self.schedule = NoiseSchedule(num_train_timesteps, beta_schedule)
         self.num_classes = num_classes
         self.null_class = num_classes
-        self.num_sets = num_sets
-        self.patch_sizes = list(patch_sizes)
-        self.mask_layout = mask_layout
-        self.init = init
-        self.guidance_scale = guidance_scale
-        self.filter_size = filter_size
-        self.scales = list(scales)
-        self.heatmap_mode = heatmap_mode
-        self.mask_seed = mask_seed
+        self.inpainting = inpainting or InpaintingConfig()
+
+    @property
+    def inpainting(self) -> InpaintingConfig:
+        """The test-time settings."""
+        return self._inpainting
+
+    @inpainting.setter
+    def inpainting(self, config: InpaintingConfig) -> None:
+        if not 0 <= config.start_timestep < self.schedule.num_timesteps:
+            raise ValueError(f"inpainting.start_timestep={config.start_timestep} must lie in [0, "
+                             f"num_train_timesteps={self.schedule.num_timesteps})")
+        self._inpainting = config
 
     def forward(self, noisy: Tensor, timesteps: Tensor, class_index: Tensor) -> Tensor:
         """Predict the noise of ``(N, 3, H, W)`` noisy images at ``(N,)`` timesteps for ``(N,)`` classes."""
         return self.unet(noisy, timesteps, class_labels=class_index).sample
+
+    def training_loss(self, image: Tensor, class_index: Tensor, max_timestep: int, label_dropout: float) -> Tensor:
+        """The DDPM epsilon MSE (Ho et al., 2020, Eq. 14) with classifier-free label dropout.
+
+        Args:
+            image: ``(B, 3, H, W)`` normal images in ``[0, 1]``.
+            class_index: ``(B,)`` their classes.
+            max_timestep: Timesteps are drawn uniformly from ``[0, max_timestep]``.
+            label_dropout: Probability that a label is replaced by the null class (Ho & Salimans, 2021).
+
+        Returns:
+            The scalar loss.
+        """
+        x0 = image * 2 - 1
+        timesteps = torch.randint(0, max_timestep + 1, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        noisy = self.schedule.signal_rate(timesteps) * x0 + self.schedule.noise_rate(timesteps) * noise
+        dropped = torch.rand(class_index.shape, device=class_index.device) < label_dropout
+        labels = torch.where(dropped, torch.full_like(class_index, self.null_class), class_index)
+        return F.mse_loss(self(noisy, timesteps, labels), noise)
 
     def guided_noise(self, noisy: Tensor, timesteps: Tensor, class_index: Tensor) -> Tensor:
         """Noise prediction with classifier-free guidance toward ``class_index`` (one batched UNet call).
@@ -192,19 +253,21 @@ class DiffusionRefiner(nn.Module):
         Returns:
             ``(N, 3, H, W)`` ``eps(null) + w * (eps(class) - eps(null))``; a single conditional pass when ``w = 1``.
         """
-        if self.guidance_scale == 1.0:
+        scale = self.inpainting.guidance_scale
+        if scale == 1.0:
             return self(noisy, timesteps, class_index)
         null = torch.full_like(class_index, self.null_class)
-        if self.guidance_scale == 0.0:
+        if scale == 0.0:
             return self(noisy, timesteps, null)
         both = self(noisy.repeat(2, 1, 1, 1), timesteps.repeat(2), torch.cat([class_index, null]))
         conditional, unconditional = both.chunk(2)
-        return unconditional + self.guidance_scale * (conditional - unconditional)
+        return unconditional + scale * (conditional - unconditional)
 
     def mask_sets(self, height: int, width: int, patch_size: int, device: torch.device) -> Tensor:
         """The ``(n_s, 1, H, W)`` disjoint mask sets of one configuration (fixed by ``mask_seed`` when random)."""
-        generator = torch.Generator().manual_seed(self.mask_seed)
-        sets = disjoint_mask_sets(height, width, self.num_sets, patch_size, self.mask_layout, generator)
+        config = self.inpainting
+        generator = torch.Generator().manual_seed(config.mask_seed)
+        sets = disjoint_mask_sets(height, width, config.num_sets, patch_size, config.mask_layout, generator)
         return sets.to(device)
 
     @torch.no_grad()
@@ -218,6 +281,7 @@ class DiffusionRefiner(nn.Module):
         Returns:
             ``(K, n_t, B, 3, H, W)`` assembled inpaintings in ``[-1, 1]``.
         """
+        config = self.inpainting
         x = image * 2 - 1
         height, width = x.shape[-2:]
         return torch.stack([
@@ -227,10 +291,11 @@ class DiffusionRefiner(nn.Module):
                 self.mask_sets(height, width, size, x.device),
                 class_index,
                 self.schedule,
-                self.timesteps,
-                self.init,
+                config.timesteps,
+                config.init,
+                config.resample,
             )
-            for size in self.patch_sizes
+            for size in config.patch_sizes
         ])
 
     def heatmaps(self, image: Tensor, inpainted: Tensor) -> Tensor:
@@ -243,12 +308,13 @@ class DiffusionRefiner(nn.Module):
         Returns:
             ``(B, K, n_t, S, H, W)`` heatmaps per configuration, timestep and scale.
         """
+        config = self.inpainting
         flat = inpainted.flatten(0, 2)
         reference = (image * 2 - 1).repeat(flat.shape[0] // image.shape[0], 1, 1, 1)
-        maps = correction_heatmaps(reference, flat, self.filter_size, self.scales, self.heatmap_mode)
+        maps = correction_heatmaps(reference, flat, config.filter_size, config.scales, config.heatmap_mode)
         return maps.unflatten(0, inpainted.shape[:3]).permute(2, 0, 1, 3, 4, 5)
 
-    def forward_refinement(self, image: Tensor, class_index: Tensor) -> RefinementOutput:
+    def refine(self, image: Tensor, class_index: Tensor) -> RefinementOutput:
         """Inpaint every configuration of a batch and compute its correction heatmaps.
 
         Args:
@@ -260,3 +326,56 @@ class DiffusionRefiner(nn.Module):
         """
         inpainted = self.inpaint(image, class_index)
         return RefinementOutput(inpainted=inpainted, heatmaps=self.heatmaps(image, inpainted))
+
+
+class DRDCOutput(NamedTuple):
+    """Every heatmap component of one DRDC pass.
+
+    Attributes:
+        anomaly_map: ``(B, H, W)`` the fused map.
+        pred_score: ``(B,)`` its top-k mean.
+        base_map: ``(B, H, W)`` the base heatmap.
+        refinement_map: ``(B, H, W)`` the aggregated correction heatmap (zeros when the fusion is ``"base"``).
+        correction_maps: ``(B, K, n_t, S, H, W)`` the correction heatmaps per inpainting configuration, timestep
+            and scale (``K = 0`` when the fusion is ``"base"``).
+    """
+
+    anomaly_map: Tensor
+    pred_score: Tensor
+    base_map: Tensor
+    refinement_map: Tensor
+    correction_maps: Tensor
+
+
+class DRDCModel(nn.Module):
+    """DRDC as one torch module: base heatmap, diffusion refinement, spatio-temporal fusion.
+
+    Args:
+        base: The trained base model.
+        refiner: The trained diffusion refiner, with its test-time :class:`InpaintingConfig`.
+        fusion: How the two are combined (:class:`~anomaly_diff.models.drdc.fusion.FusionConfig`).
+    """
+
+    def __init__(self, base: BaseReconstructor, refiner: DiffusionRefiner, fusion: FusionConfig | None = None) -> None:
+        super().__init__()
+        self.base = base
+        self.refiner = refiner
+        self.fusion = fusion or FusionConfig()
+
+    @torch.no_grad()
+    def forward(self, image: Tensor, class_index: Tensor) -> DRDCOutput:
+        """Score ``(B, 3, H, W)`` images in ``[0, 1]`` of the ``(B,)`` classes (:class:`DRDCOutput`).
+
+        The refinement is skipped when the fusion is ``"base"``, so a base-only model costs the base model's time.
+        """
+        base_map = self.base.anomaly_map(image)
+        if self.fusion.mode == "base":
+            height, width = image.shape[-2:]
+            correction_maps = base_map.new_zeros(image.shape[0], 0, 1, 1, height, width)
+            refinement_map = torch.zeros_like(base_map)
+        else:
+            correction_maps = self.refiner.refine(image, class_index).heatmaps
+            refinement_map = aggregate_refinement(correction_maps, self.fusion.temporal)
+        anomaly_map = fuse(base_map, refinement_map, self.fusion.gamma, self.fusion.mode)
+        score = image_score(anomaly_map, self.fusion.top_k)
+        return DRDCOutput(anomaly_map, score, base_map, refinement_map, correction_maps)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from anomaly_diff.models.drdc.fusion import aggregate_refinement, fuse
+from anomaly_diff.models.drdc.fusion import FusionConfig, aggregate_refinement, fuse
 
 
 def test_aggregation_averages_configurations_timesteps_and_scales():
@@ -18,6 +18,8 @@ def test_fusion_on_hand_made_maps():
     torch.testing.assert_close(fuse(base, refinement, 2.0, "multiplicative"), torch.tensor([[[2.0, 2.0], [0.0, 12.0]]]))
     torch.testing.assert_close(fuse(base, refinement, 2.0, "additive"), torch.tensor([[[2.0, 2.0], [6.0, 6.0]]]))
     torch.testing.assert_close(fuse(base, refinement, 0.0, "multiplicative"), base)
+    torch.testing.assert_close(fuse(base, refinement, 2.0, "base"), base)
+    torch.testing.assert_close(fuse(base, refinement, 2.0, "refinement"), refinement)
 
 
 def test_multiplicative_fusion_keeps_the_base_ranking_where_the_refinement_is_flat():
@@ -34,6 +36,10 @@ def test_multiplicative_fusion_keeps_the_base_ranking_where_the_refinement_is_fl
         (lambda: fuse(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), 1.0, "max"), "unknown fusion mode 'max'"),
         (lambda: aggregate_refinement(torch.zeros(1, 2, 2)), "must be \\(B, K, n_t, S, H, W\\)"),
         (lambda: aggregate_refinement(torch.zeros(1, 1, 1, 1, 2, 2), "first"), "unknown temporal fusion"),
+        (lambda: FusionConfig(mode="max"), r"fusion.mode='max' is unknown.*'refinement'"),
+        (lambda: FusionConfig(temporal="first"), "fusion.temporal='first' is unknown"),
+        (lambda: FusionConfig(gamma=-1.0), r"fusion.gamma must be >= 0 \(-1.0\)"),
+        (lambda: FusionConfig(top_k=0), r"fusion.top_k >= 1 \(0\)"),
     ],
 )
 def test_errors_are_named(call, message):

@@ -1,10 +1,12 @@
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
 from anomaly_diff.models.components.anomaly_map import gaussian_blur
-from anomaly_diff.models.drdc import DRDC, DRDCBase, DRDCRefinement
+from anomaly_diff.models.drdc import DRDC, DRDCBase, DRDCRefinement, FusionConfig, InpaintingConfig
 from anomaly_diff.models.drdc.base_model import BaseReconstructor
 from anomaly_diff.models.drdc.fusion import aggregate_refinement, fuse
 
@@ -12,7 +14,8 @@ CATEGORIES = ["brick", "coffee"]
 BASE = dict(layers=(1, 2), output_stride=8, input_size=32, hidden_dim=16, num_heads=2, num_encoder_layers=1,
             num_decoder_layers=1, feedforward_dim=32, neighbourhood=3, blur_sigma=1.0)
 REFINEMENT = dict(block_out_channels=(8, 16), layers_per_block=1, attention=False, norm_num_groups=8,
-                  num_timesteps=2, start_timestep=40, num_sets=2, patch_sizes=(4,), filter_size=3)
+                  inpainting=InpaintingConfig(num_timesteps=2, start_timestep=40, num_sets=2, patch_sizes=(4,),
+                                              filter_size=3))
 
 
 def batch(categories=("coffee", "brick"), size=16):
@@ -80,7 +83,7 @@ def test_refinement_alone_maps_are_the_aggregated_correction_heatmaps():
     torch.manual_seed(2)
     out = model.predict_anomaly(b)
     torch.manual_seed(2)
-    heatmaps = model.model.forward_refinement(b["image"], torch.tensor([1, 0])).heatmaps
+    heatmaps = model.model.refine(b["image"], torch.tensor([1, 0])).heatmaps
     torch.testing.assert_close(out["anomaly_map"], aggregate_refinement(heatmaps, "last"))
 
 
@@ -95,25 +98,40 @@ def test_invalid_refinement_settings_are_named(kwargs, message):
 
 
 def test_combined_model_fuses_the_stage_maps_and_applies_its_test_time_settings(stages):
-    model = DRDC(None, stages["base"], stages["refinement"], num_timesteps=3, start_timestep=30, num_sets=4,
-                 patch_sizes=(2, 4), scales=(1, 2), gamma=2.5, fusion="additive").eval()
+    inpainting = InpaintingConfig(num_timesteps=3, start_timestep=30, num_sets=4, patch_sizes=(2, 4), scales=(1, 2))
+    model = DRDC(None, stages["base"], stages["refinement"], inpainting=inpainting,
+                 fusion=FusionConfig(gamma=2.5, mode="additive")).eval()
     assert model.categories == CATEGORIES
-    assert model.refinement.model.timesteps == [30, 20, 10] and model.refinement.model.num_sets == 4
+    assert model.model.refiner.inpainting == inpainting
     b = batch()
     torch.manual_seed(4)
     output = model.detect(b)
     assert output.correction_maps.shape == (2, 2, 3, 2, 16, 16)
-    torch.manual_seed(4)
+    base = DRDCBase.load_from_checkpoint(stages["base"], weights_only=False).eval()
+    refinement = DRDCRefinement.load_from_checkpoint(stages["refinement"], weights_only=False).eval()
+    refinement.model.inpainting = inpainting
     with torch.no_grad():
-        base_map = model.base.base_heatmap(b["image"])
+        base_map = base.predict_anomaly(b)["anomaly_map"]
+        torch.manual_seed(4)
+        corrections = refinement.model.refine(b["image"], torch.tensor([1, 0])).heatmaps
     torch.testing.assert_close(output.base_map, base_map)
-    torch.testing.assert_close(output.refinement_map, aggregate_refinement(output.correction_maps, "mean"))
+    torch.testing.assert_close(output.correction_maps, corrections)
+    torch.testing.assert_close(output.refinement_map, aggregate_refinement(corrections, "mean"))
     torch.testing.assert_close(output.anomaly_map, fuse(base_map, output.refinement_map, 2.5, "additive"))
     torch.testing.assert_close(output.pred_score, output.anomaly_map.flatten(1).amax(1))
 
 
+def test_base_fusion_is_the_base_map_and_never_runs_the_refinement(stages, monkeypatch):
+    model = DRDC(None, stages["base"], stages["refinement"], fusion=FusionConfig(mode="base")).eval()
+    monkeypatch.setattr(model.model.refiner, "refine", lambda *args: pytest.fail("the refinement ran"))
+    output = model.detect(batch())
+    torch.testing.assert_close(output.anomaly_map, output.base_map)
+    assert output.correction_maps.shape[1] == 0 and not output.refinement_map.any()
+
+
 def test_combined_predict_step_returns_every_component(stages):
-    model = DRDC(CATEGORIES, stages["base"], stages["refinement"], num_timesteps=2, start_timestep=20).eval()
+    inpainting = InpaintingConfig(num_timesteps=2, start_timestep=20)
+    model = DRDC(CATEGORIES, stages["base"], stages["refinement"], inpainting=inpainting).eval()
     out = model.predict_step(batch(), 0)
     assert set(out) == {"anomaly_map", "pred_score", "base_map", "refinement_map", "correction_maps", "path",
                         "category"}
@@ -126,11 +144,35 @@ def test_combined_loss_is_the_sum_of_the_stage_losses(stages):
     b = batch()
     torch.manual_seed(5)
     losses = model.compute_losses(b)
+    base = DRDCBase.load_from_checkpoint(stages["base"], weights_only=False).eval()
+    refinement = DRDCRefinement.load_from_checkpoint(stages["refinement"], weights_only=False).eval()
     torch.manual_seed(5)
-    base = model.base.compute_losses(b)["loss"]
-    refinement = model.refinement.compute_losses(b)["loss"]
-    torch.testing.assert_close(losses["loss"], base + refinement)
-    torch.testing.assert_close(losses["refinement_loss"], refinement)
+    expected_base = base.compute_losses(b)["loss"]
+    expected_refinement = refinement.compute_losses(b)["loss"]
+    torch.testing.assert_close(losses["loss"], expected_base + expected_refinement)
+    torch.testing.assert_close(losses["refinement_loss"], expected_refinement)
+
+
+def test_a_combined_checkpoint_loads_and_scores_without_the_stage_files(stages, tmp_path):
+    # The stage files are copied, the model built from the copies and saved, then the copies are deleted.
+    for name in ("base", "refinement"):
+        shutil.copy(stages[name], tmp_path / f"{name}.ckpt")
+    inpainting = InpaintingConfig(num_timesteps=2, start_timestep=30, init="context", resample=2)
+    model = DRDC(None, str(tmp_path / "base.ckpt"), str(tmp_path / "refinement.ckpt"), inpainting=inpainting,
+                 fusion=FusionConfig(gamma=3.0)).eval()
+    saved = save(model, tmp_path / "drdc.ckpt")
+    (tmp_path / "base.ckpt").unlink()
+    (tmp_path / "refinement.ckpt").unlink()
+    loaded = DRDC.load_from_checkpoint(saved, weights_only=False).eval()
+    assert loaded.model.refiner.inpainting == inpainting and loaded.model.fusion == FusionConfig(gamma=3.0)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, loaded.state_dict()[name], rtol=0, atol=0, equal_nan=True)
+    b = batch()
+    torch.manual_seed(6)
+    expected = model.detect(b)
+    torch.manual_seed(6)
+    for got, want in zip(loaded.detect(b), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_combined_model_errors_are_named(stages, tmp_path):
@@ -140,8 +182,8 @@ def test_combined_model_errors_are_named(stages, tmp_path):
         DRDC(CATEGORIES, stages["other"], stages["refinement"])
     with pytest.raises(ValueError, match=r"model.categories \['wood'\] are not among"):
         DRDC(["wood"], stages["base"], stages["refinement"])
-    with pytest.raises(ValueError, match="gamma must be >= 0"):
-        DRDC(CATEGORIES, stages["base"], stages["refinement"], gamma=-1.0)
+    with pytest.raises(ValueError, match=r"start_timestep=1000 must lie in \[0, num_train_timesteps=1000\)"):
+        DRDC(CATEGORIES, stages["base"], stages["refinement"], inpainting=InpaintingConfig(start_timestep=1000))
 
 
 def test_base_feature_cache_gives_the_same_loss_and_extracts_each_image_once():

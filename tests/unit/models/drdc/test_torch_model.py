@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -5,14 +7,18 @@ from scipy import ndimage
 from skimage.transform import resize
 from torch import nn
 
-from anomaly_diff.models.drdc.torch_model import DiffusionRefiner, correction_heatmaps
+from anomaly_diff.models.drdc.torch_model import DiffusionRefiner, InpaintingConfig, correction_heatmaps
+
+ARCHITECTURE = ("block_out_channels", "layers_per_block", "attention", "norm_num_groups")
 
 
 def tiny(**kwargs):
     torch.manual_seed(0)
-    options = {"block_out_channels": (8, 16), "layers_per_block": 1, "attention": False, "norm_num_groups": 8,
-               "num_timesteps": 2, "start_timestep": 40, "num_sets": 2, "patch_sizes": (4,), **kwargs}
-    return DiffusionRefiner(3, **options)
+    architecture = {"block_out_channels": (8, 16), "layers_per_block": 1, "attention": False, "norm_num_groups": 8}
+    architecture.update({key: kwargs.pop(key) for key in ARCHITECTURE if key in kwargs})
+    inpainting = InpaintingConfig(**{"num_timesteps": 2, "start_timestep": 40, "num_sets": 2, "patch_sizes": (4,),
+                                     **kwargs})
+    return DiffusionRefiner(3, **architecture, inpainting=inpainting)
 
 
 def reference_heatmap(residual, size, scale, highpass):
@@ -61,9 +67,9 @@ def test_guidance_combines_conditional_and_null_predictions():
         unconditional = refiner(x, t, torch.tensor([3, 3]))  # the null class is num_classes
         guided = refiner.guided_noise(x, t, c)
         torch.testing.assert_close(guided, unconditional + 3.0 * (conditional - unconditional), atol=1e-5, rtol=1e-4)
-        refiner.guidance_scale = 1.0
+        refiner.inpainting = replace(refiner.inpainting, guidance_scale=1.0)
         torch.testing.assert_close(refiner.guided_noise(x, t, c), conditional)
-        refiner.guidance_scale = 0.0
+        refiner.inpainting = replace(refiner.inpainting, guidance_scale=0.0)
         torch.testing.assert_close(refiner.guided_noise(x, t, c), unconditional)
     assert refiner.unet.config.num_class_embeds == 4
 
@@ -85,7 +91,7 @@ def test_refining_a_defect_free_image_with_a_perfect_model_gives_a_near_zero_map
     refiner = tiny(patch_sizes=(4, 8), scales=(1, 2), guidance_scale=2.0)
     image = torch.rand(2, 3, 16, 16) * 0.8 + 0.1
     refiner.unet = OracleUNet(image * 2 - 1, refiner.schedule)
-    output = refiner.forward_refinement(image, torch.tensor([0, 1]))
+    output = refiner.refine(image, torch.tensor([0, 1]))
     assert output.inpainted.shape == (2, 2, 2, 3, 16, 16)
     assert output.heatmaps.shape == (2, 2, 2, 2, 16, 16)
     assert output.heatmaps.abs().max() < 1e-4
@@ -97,7 +103,7 @@ def test_a_defect_the_model_does_not_reconstruct_lights_up_the_map_there():
     defective = clean.clone()
     defective[..., 6:9, 6:9] = 1.0
     refiner.unet = OracleUNet(clean * 2 - 1, refiner.schedule)
-    heatmaps = refiner.forward_refinement(defective, torch.tensor([0])).heatmaps
+    heatmaps = refiner.refine(defective, torch.tensor([0])).heatmaps
     expected = correction_heatmaps(defective * 2 - 1, clean * 2 - 1, 3, (1,), "highpass")
     torch.testing.assert_close(heatmaps[0, 0, 1], expected[0], atol=1e-4, rtol=0)
     inside, outside = heatmaps[0, 0, -1, 0, 6:9, 6:9].min(), heatmaps[0, 0, -1, 0, :, 12:].max()
@@ -113,8 +119,16 @@ def test_random_mask_layout_is_fixed_by_the_seed():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"norm_num_groups": 3}, "norm_num_groups=3"), ({"start_timestep": 1000}, "start_timestep=1000"),
-     ({"filter_size": 0}, "filter_size >= 1"), ({"num_timesteps": 50}, "n_t=50")],
+     ({"filter_size": 0}, "filter_size=0 must be >= 1"), ({"num_timesteps": 50}, "n_t=50"),
+     ({"num_sets": 0}, "num_sets=0"), ({"init": "zeros"}, "init='zeros' is unknown"),
+     ({"resample": 0}, "resample=0"), ({"scales": ()}, r"scales=\[\] must be non-empty"),
+     ({"mask_layout": "stripes"}, "mask_layout='stripes'"), ({"heatmap_mode": "lowpass"}, "heatmap_mode='lowpass'")],
 )
 def test_invalid_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
+
+
+def test_inpainting_config_from_yaml_lists_equals_the_tuple_form():
+    assert InpaintingConfig(patch_sizes=[4, 8], scales=[1]) == InpaintingConfig(patch_sizes=(4, 8), scales=(1,))
+    assert InpaintingConfig(start_timestep=30, num_timesteps=3).timesteps == [30, 20, 10]
