@@ -1,12 +1,21 @@
-"""Shared parts of the DRDC experiments on the embedded data: stages, test set, cached inpaintings, metrics.
+"""Shared parts of the DRDC experiments on the embedded data: splits, seeds, cached maps, metrics, tables.
 
-Every map is computed with the functions :class:`anomaly_diff.models.drdc.DRDC` uses (``base_heatmap``,
+Protocol (issue 16): the stages are trained on the training normals of the embedded data (``data_seed`` 0, what
+``configs/drdc/embedded_data.yaml`` gives) with three seeds; seed ``s`` trains both stages with ``seed_everything=s``
+and samples the refinement with ``torch.manual_seed(s)``:
+
+    python experiments/drdc_ablation.py train --seed S    # writes .cache/drdc/evidence/seed<S>/{base,refinement}/
+
+Test-time settings are chosen on the **tuning split**, the test images of the same generator with ``data_seed`` 1
+(other crops of the same photos, other defects; ``.cache/embedded_tuning``), never on the **test split** (the test
+images of ``data_seed`` 0), which is scored once, with the chosen settings.
+
+Every map is made by the functions :class:`anomaly_diff.models.drdc.DRDC` runs (``BaseReconstructor.anomaly_map``,
 ``DiffusionRefiner.inpaint``/``heatmaps``, ``aggregate_refinement``, ``fuse``, ``image_score``) and scored with the
-shared :class:`anomaly_diff.metrics.AnomalyMetrics` (what the Evaluator computes), so the numbers are those
-``anomaly-diff fit --config configs/drdc/embedded.yaml`` would report for the same settings;
-:func:`check_against_module` asserts it on one batch. The inpaintings of one sampling setting (everything that
-changes the reverse process) are cached under ``.cache/drdc/experiments``, so the post-hoc choices (``m``, scales,
-heatmap mode, temporal fusion, fusion, ``gamma``) reuse them.
+shared :class:`anomaly_diff.metrics.AnomalyMetrics`; :func:`check_against_module` asserts it on one batch. The
+inpaintings of one sampling setting (what changes the reverse process) are cached under ``.cache/drdc/evidence/maps``
+with the seconds they took, so the post-hoc choices (``m``, scales, heatmap mode, temporal fusion, fusion, ``gamma``)
+reuse them.
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -25,139 +35,122 @@ import yaml
 from anomaly_diff.data import Embedded
 from anomaly_diff.metrics import AnomalyMetrics
 from anomaly_diff.models.components.anomaly_map import image_score
-from anomaly_diff.models.drdc import DRDC, DRDCBase, DRDCRefinement
+from anomaly_diff.models.drdc import DRDC, DRDCBase, DRDCRefinement, FusionConfig, InpaintingConfig
 from anomaly_diff.models.drdc.fusion import aggregate_refinement, fuse
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
-CACHE = REPO / ".cache" / "drdc" / "experiments"
-BASE_CKPT = REPO / ".cache" / "drdc" / "embedded" / "base" / "last.ckpt"
-BASE_224_CKPT = REPO / ".cache" / "drdc" / "embedded" / "base_224" / "last.ckpt"
-REFINEMENT_CKPT = REPO / ".cache" / "drdc" / "embedded" / "refinement" / "last.ckpt"
+EVIDENCE = REPO / ".cache" / "drdc" / "evidence"
+SEEDS = (0, 1, 2)
+SPLITS = {"tuning": {"data_seed": 1, "root": ".cache/embedded_tuning"}, "test": {"data_seed": 0, "root": None}}
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRC", "pixel_AUPRO")
+# What changes the reverse process: one cache entry per value of these (and one patch size).
+SAMPLING_FIELDS = ("num_timesteps", "start_timestep", "num_sets", "mask_layout", "mask_seed", "init", "resample",
+                   "guidance_scale")
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """What changes the reverse process (one cache entry per patch size)."""
-
-    num_timesteps: int = 5
-    start_timestep: int = 100
-    num_sets: int = 4
-    patch_size: int = 8
-    mask_layout: str = "interleaved"
-    init: str = "noised_input"
-    guidance_scale: float = 2.0
+def stage_paths(seed: int) -> tuple[Path, Path]:
+    """The base and refinement checkpoints of a training seed."""
+    base = EVIDENCE / f"seed{seed}" / "base" / "last.ckpt"
+    refinement = EVIDENCE / f"seed{seed}" / "refinement" / "last.ckpt"
+    for path in (base, refinement):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: python experiments/drdc_ablation.py train --seed {seed}")
+    return base, refinement
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One full DRDC test-time setting (the combined config's model keys)."""
-
-    sampling: Sampling = field(default_factory=Sampling)
-    patch_sizes: tuple[int, ...] = (8,)
-    filter_size: int = 9
-    scales: tuple[int, ...] = (1, 2)
-    heatmap_mode: str = "residual"
-    temporal: str = "mean"
-    gamma: float = 16.0
-    fusion: str = "multiplicative"
-
-    def with_sampling(self, **changes) -> Setting:
-        return replace(self, sampling=replace(self.sampling, **changes))
-
-    def describe(self) -> dict:
-        out = asdict(self)
-        out.update(out.pop("sampling"))
-        out.pop("patch_size")
-        return out
-
-
-def data_module() -> Embedded:
-    """The embedded data exactly as configs/drdc/embedded_data.yaml gives it."""
+def data_module(split: str) -> Embedded:
+    """The embedded data as configs/drdc/embedded_data.yaml gives it, on the tuning or the test split."""
     config = yaml.safe_load((REPO / "configs" / "drdc" / "embedded_data.yaml").read_text())["init_args"]
-    config["root"] = str(REPO / config["root"])
+    config["data_seed"] = SPLITS[split]["data_seed"]
+    config["root"] = str(REPO / (SPLITS[split]["root"] or config["root"]))
     data = Embedded(**config)
     data.prepare_data()
     data.setup("test")
     return data
 
 
-def test_batches(data: Embedded) -> list[dict]:
-    return list(data.test_dataloader())
+def batches_of(split: str) -> list[dict]:
+    return list(data_module(split).test_dataloader())
 
 
-def load_stages() -> tuple[DRDCBase, DRDCRefinement]:
-    for path in (BASE_CKPT, REFINEMENT_CKPT):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: train it with configs/drdc/{path.parent.name}/embedded.yaml")
-    base = DRDCBase.load_from_checkpoint(BASE_CKPT, map_location="cpu", weights_only=False).eval()
-    return base, refinement_for(Sampling())
+def _tag(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def refinement_for(sampling: Sampling, **heatmap) -> DRDCRefinement:
-    """The refinement stage with a sampling setting (and heatmap settings), as the combined model builds it."""
-    overrides = {
-        "num_timesteps": sampling.num_timesteps,
-        "start_timestep": sampling.start_timestep,
-        "num_sets": sampling.num_sets,
-        "patch_sizes": (sampling.patch_size,),
-        "mask_layout": sampling.mask_layout,
-        "init": sampling.init,
-        "guidance_scale": sampling.guidance_scale,
-        **heatmap,
-    }
-    return DRDCRefinement.load_from_checkpoint(
-        REFINEMENT_CKPT, map_location="cpu", weights_only=False, **overrides
-    ).eval()
+def _checkpoint_tag(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def _checkpoint_tag() -> str:
-    stat = REFINEMENT_CKPT.stat()
-    return hashlib.sha1(f"{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-
-
-@torch.no_grad()
-def base_maps(base: DRDCBase, batches: list[dict]) -> torch.Tensor:
-    """``(N, H, W)`` base heatmaps of the test set."""
-    return torch.cat([base.base_heatmap(batch["image"]) for batch in batches])
-
-
-@torch.no_grad()
-def inpaintings(sampling: Sampling, batches: list[dict], log=print) -> tuple[torch.Tensor, float]:
-    """``(n_t, N, 3, H, W)`` inpaintings of the test set (cached) and the seconds they took to compute."""
-    images = sum(len(batch["label"]) for batch in batches)
-    key = hashlib.sha1(json.dumps([asdict(sampling), images], sort_keys=True).encode()).hexdigest()[:12]
-    path = CACHE / f"inpaint_{_checkpoint_tag()}_{key}.pt"
+def _cached(name: str, key: list, compute) -> dict:
+    path = EVIDENCE / "maps" / f"{name}_{_tag(*key)}.pt"
     if path.is_file():
-        stored = torch.load(path, weights_only=False)
-        return stored["inpainted"], stored["seconds"]
-    refinement = refinement_for(sampling)
-    torch.manual_seed(0)
+        return torch.load(path, weights_only=False)
     start = time.perf_counter()
-    parts = []
-    for batch in batches:
-        parts.append(refinement.model.inpaint(batch["image"], refinement.class_indices(batch["category"]))[0])
-    seconds = time.perf_counter() - start
-    inpainted = torch.cat(parts, dim=1)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    torch.save({"inpainted": inpainted, "seconds": seconds, "sampling": asdict(sampling)}, path)
-    log(f"  inpainted {inpainted.shape[1]} images with {sampling} in {seconds:.0f} s")
-    return inpainted, seconds
+    value = compute()
+    stored = {"value": value, "seconds": time.perf_counter() - start, "key": key}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(stored, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+    return stored
 
 
-def correction_maps(setting: Setting, batches: list[dict], log=print) -> torch.Tensor:
-    """``(N, K, n_t, S, H, W)`` correction heatmaps of the test set for a setting."""
-    refinement = refinement_for(
-        setting.sampling, filter_size=setting.filter_size, scales=setting.scales, heatmap_mode=setting.heatmap_mode
-    )
-    per_size = [inpaintings(replace(setting.sampling, patch_size=p), batches, log)[0] for p in setting.patch_sizes]
+def base_maps(seed: int, split: str, batches: list[dict]) -> dict:
+    """``{"value": (N, H, W) base maps, "seconds": ...}`` of a split for a training seed (cached)."""
+    base_path, _ = stage_paths(seed)
+
+    @torch.no_grad()
+    def compute() -> torch.Tensor:
+        base = DRDCBase.load_from_checkpoint(base_path, map_location="cpu", weights_only=False).eval()
+        return torch.cat([base.model.anomaly_map(batch["image"]) for batch in batches])
+
+    return _cached("base", [seed, split, _checkpoint_tag(base_path), len(batches)], compute)
+
+
+def refinement_stage(seed: int, inpainting: InpaintingConfig) -> DRDCRefinement:
+    _, path = stage_paths(seed)
+    stage = DRDCRefinement.load_from_checkpoint(path, map_location="cpu", weights_only=False).eval()
+    stage.model.inpainting = inpainting
+    return stage
+
+
+def inpaintings(seed: int, split: str, batches: list[dict], inpainting: InpaintingConfig, patch_size: int) -> dict:
+    """``{"value": (n_t, N, 3, H, W) inpaintings, "seconds": ...}`` of one mask configuration (cached).
+
+    Sampled with ``torch.manual_seed(seed)``, batch by batch, as a test run of the combined model does.
+    """
+    sampling = {name: getattr(inpainting, name) for name in SAMPLING_FIELDS}
+    _, path = stage_paths(seed)
+
+    def compute() -> torch.Tensor:
+        stage = refinement_stage(seed, replace(inpainting, patch_sizes=(patch_size,)))
+        torch.manual_seed(seed)
+        return torch.cat([stage.model.inpaint(b["image"], stage.class_indices(b["category"]))[0] for b in batches],
+                         dim=1)
+
+    return _cached("inpaint", [seed, split, _checkpoint_tag(path), len(batches), sampling, patch_size], compute)
+
+
+def correction_maps(seed: int, split: str, batches: list[dict], inpainting: InpaintingConfig) -> tuple[torch.Tensor,
+                                                                                                       float]:
+    """``(N, K, n_t, S, H, W)`` correction heatmaps of a split and the seconds their inpaintings took."""
+    parts = [inpaintings(seed, split, batches, inpainting, size) for size in inpainting.patch_sizes]
+    stage = refinement_stage(seed, inpainting)
     images = torch.cat([batch["image"] for batch in batches])
-    return refinement.model.heatmaps(images, torch.stack(per_size))
+    maps = stage.model.heatmaps(images, torch.stack([part["value"] for part in parts]))
+    return maps, sum(part["seconds"] for part in parts)
 
 
-def evaluate(maps: torch.Tensor, batches: list[dict], top_k: int = 1) -> dict:
-    """Metrics of ``(N, H, W)`` maps (image score: top-k mean of each map), as the Evaluator computes them."""
+def anomaly_maps(base: torch.Tensor, corrections: torch.Tensor, fusion: FusionConfig) -> torch.Tensor:
+    """The ``(N, H, W)`` maps of a fusion setting (``"base"``/``"refinement"`` give one part alone)."""
+    if fusion.mode == "base":
+        return base
+    return fuse(base, aggregate_refinement(corrections, fusion.temporal), fusion.gamma, fusion.mode)
+
+
+def evaluate(maps: torch.Tensor, batches: list[dict], top_k: int = 1) -> dict[str, float]:
+    """Mean over categories of the four metrics, as the Evaluator computes them (image score: top-k mean)."""
     metrics = AnomalyMetrics()
     offset = 0
     for batch in batches:
@@ -165,33 +158,47 @@ def evaluate(maps: torch.Tensor, batches: list[dict], top_k: int = 1) -> dict:
         part = maps[offset : offset + size]
         metrics.update(part, batch["mask"], image_score(part, top_k), batch["label"], batch["category"], batch["index"])
         offset += size
-    return metrics.compute()
-
-
-def fused_maps(base: torch.Tensor, corrections: torch.Tensor, setting: Setting) -> tuple[torch.Tensor, torch.Tensor]:
-    """The aggregated refinement map and the fused map, ``(N, H, W)`` each."""
-    refinement = aggregate_refinement(corrections, setting.temporal)
-    return refinement, fuse(base, refinement, setting.gamma, setting.fusion)
+    return {name: float(metrics.compute()["mean"][name]) for name in METRICS}
 
 
 @torch.no_grad()
-def check_against_module(setting: Setting, batches: list[dict], base: torch.Tensor, corrections: torch.Tensor) -> None:
-    """Assert that the combined LightningModule gives this script's maps on the first test batch."""
-    sampling = setting.sampling
-    model = DRDC(
-        None, str(BASE_CKPT), str(REFINEMENT_CKPT), num_timesteps=sampling.num_timesteps,
-        start_timestep=sampling.start_timestep, num_sets=sampling.num_sets, patch_sizes=setting.patch_sizes,
-        mask_layout=sampling.mask_layout, init=sampling.init, guidance_scale=sampling.guidance_scale,
-        filter_size=setting.filter_size, scales=setting.scales, heatmap_mode=setting.heatmap_mode,
-        temporal=setting.temporal, gamma=setting.gamma, fusion=setting.fusion,
-    ).eval()
-    torch.manual_seed(0)
-    output = model.detect(batches[0])
-    size = len(batches[0]["label"])
-    _, fused = fused_maps(base[:size], corrections[:size], setting)
-    torch.testing.assert_close(output.base_map, base[:size])
-    torch.testing.assert_close(output.correction_maps, corrections[:size], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(output.anomaly_map, fused, atol=1e-5, rtol=1e-4)
+def check_against_module(seed: int, inpainting: InpaintingConfig, fusion: FusionConfig, batches: list[dict]) -> None:
+    """Assert that the combined LightningModule gives this module's maps on the first batch of a split."""
+    base_path, refinement_path = stage_paths(seed)
+    model = DRDC(None, str(base_path), str(refinement_path), inpainting=inpainting, fusion=fusion).eval()
+    batch = batches[0]
+    torch.manual_seed(seed)
+    output = model.detect(batch)
+    base = DRDCBase.load_from_checkpoint(base_path, map_location="cpu", weights_only=False).eval()
+    base = base.model.anomaly_map(batch["image"])
+    torch.manual_seed(seed)
+    stage = refinement_stage(seed, inpainting)
+    corrections = stage.model.refine(batch["image"], stage.class_indices(batch["category"])).heatmaps
+    torch.testing.assert_close(output.base_map, base)
+    torch.testing.assert_close(output.anomaly_map, anomaly_maps(base, corrections, fusion), atol=1e-5, rtol=1e-4)
+
+
+def describe(inpainting: InpaintingConfig, fusion: FusionConfig) -> dict:
+    return {"inpainting": {f.name: getattr(inpainting, f.name) for f in fields(inpainting)}, "fusion": asdict(fusion)}
+
+
+def summarise(per_seed: list[dict[str, float]]) -> dict:
+    """Mean and sample standard deviation over seeds of each metric and of their mean (the selection criterion)."""
+    rows = [{**r, "mean4": sum(r[m] for m in METRICS) / len(METRICS)} for r in per_seed]
+    keys = (*METRICS, "mean4")
+    return {
+        "mean": {k: statistics.fmean(r[k] for r in rows) for k in keys},
+        "std": {k: statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0 for k in keys},
+        "per_seed": rows,
+    }
+
+
+def cells(summary: dict) -> str:
+    return " | ".join(f"{100 * summary['mean'][k]:.1f} ± {100 * summary['std'][k]:.1f}" for k in (*METRICS, "mean4"))
+
+
+HEADER = ("| row | image AUROC | pixel AUROC | pixel AUPRC | AUPRO | mean of the four | ms / image | what changes |\n"
+          "|---|---|---|---|---|---|---|---|")
 
 
 def machine() -> str:
@@ -201,11 +208,3 @@ def machine() -> str:
         f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
-
-
-def row(name: str, result: dict, note: str = "") -> str:
-    values = " | ".join(f"{result['mean'][metric]:.3f}" for metric in METRICS)
-    return f"| {name} | {values} | {note} |"
-
-
-HEADER = "| setting | " + " | ".join(METRICS) + " | what changes |\n|---|" + "---|" * (len(METRICS) + 1)

@@ -1,8 +1,9 @@
 """Inference time per image of DRDC's base model alone vs base + refinement + fusion, in one run.
 
 Both are timed on the same loaded combined model (configs/drdc/embedded.yaml's test-time settings), the same test
-images and the same process: ``base.base_heatmap`` alone, then ``DRDC.detect`` (base + inpainting + heatmaps +
-fusion), each after one warm-up batch, at the eval batch size of the config and at batch size 1.
+images and the same process: the base model's ``anomaly_map`` alone, then ``DRDC.detect`` (base + inpainting +
+heatmaps + fusion), each after one warm-up batch, at the eval batch size of the config and at batch size 1. The stages
+are those of training seed 0 of the evidence (``drdc_common.py``).
 
     python experiments/drdc_timing.py [--images 64] [--threads 1]
 
@@ -19,9 +20,9 @@ import time
 
 import torch
 import yaml
-from drdc_common import BASE_CKPT, REFINEMENT_CKPT, REPO, RESULTS, data_module, machine
+from drdc_common import REPO, RESULTS, data_module, machine, stage_paths
 
-from anomaly_diff.models.drdc import DRDC
+from anomaly_diff.models.drdc import DRDC, FusionConfig, InpaintingConfig
 from anomaly_diff.utils.io import atomic_write_text
 
 
@@ -54,22 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = yaml.safe_load((REPO / "configs" / "drdc" / "embedded.yaml").read_text())["model"]["init_args"]
-    settings.update(base_checkpoint=str(BASE_CKPT), refinement_checkpoint=str(REFINEMENT_CKPT))
-    model = DRDC(**settings).eval()
-    data = data_module()
+    base_checkpoint, refinement_checkpoint = stage_paths(0)
+    model = DRDC(None, str(base_checkpoint), str(refinement_checkpoint), InpaintingConfig(**settings["inpainting"]),
+                 FusionConfig(**settings["fusion"])).eval()
+    data = data_module("test")
     loaded = list(data.test_dataloader())
     rows, results = [], {}
     for batch_size in (data.eval_batch_size, 1):
         batches = rebatch(loaded, batch_size, args.images)
         torch.manual_seed(0)
-        base = per_image(lambda b: model.base.base_heatmap(b["image"]), batches)
+        base = per_image(lambda b: model.model.base.anomaly_map(b["image"]), batches)
         full = per_image(model.detect, batches)
         results[batch_size] = {"base_seconds_per_image": base, "drdc_seconds_per_image": full}
         rows.append(f"| {batch_size} | {1000 * base:.1f} | {1000 * full:.1f} | {full / base:.1f}x |")
         print(rows[-1], flush=True)
-    refiner = model.refinement.model
-    passes = len(refiner.patch_sizes) * refiner.num_sets * len(refiner.timesteps)
-    passes *= 1 if refiner.guidance_scale == 1.0 else 2
+    inpainting = model.model.refiner.inpainting
+    passes = len(inpainting.patch_sizes) * inpainting.num_sets * inpainting.num_timesteps * inpainting.resample
+    passes *= 1 if inpainting.guidance_scale in (0.0, 1.0) else 2
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     test_settings = {key: value for key, value in settings.items() if "checkpoint" not in key}
     text = "\n".join([
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine()}  ",
         f"Model: configs/drdc/embedded.yaml ({json.dumps(test_settings)})"
         f", 64 px images; the refinement runs {passes} UNet passes per image "
-        "(configurations x n_s x n_t, x2 with guidance).  ",
+        "(configurations x n_s x n_t x resample, x2 with guidance).  ",
         f"Images timed per row: {args.images} (after one warm-up batch).",
         "",
         "| batch size | base alone (ms / image) | base + refinement + fusion (ms / image) | ratio |",

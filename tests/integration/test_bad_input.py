@@ -207,14 +207,14 @@ def drdc_stage_checkpoint_missing(tmp_path, fx):
 
 def drdc_num_sets_below_1(tmp_path, fx):
     model = {"class_path": "anomaly_diff.models.drdc.DRDCRefinement",
-             "init_args": {"block_out_channels": [8, 8], "norm_num_groups": 8, "num_sets": 0}}
+             "init_args": {"block_out_channels": [8, 8], "norm_num_groups": 8, "inpainting": {"num_sets": 0}}}
     return Run(["fit", "--config", str(_config(tmp_path, _data(tmp_path), model))], 1, ["num_sets", "0"], ">= 1")
 
 
 def drdc_gamma_negative(tmp_path, fx):
     model = {"class_path": "anomaly_diff.models.drdc.DRDC",
              "init_args": {"base_checkpoint": str(tmp_path / "base.ckpt"),
-                           "refinement_checkpoint": str(tmp_path / "refinement.ckpt"), "gamma": -1.0}}
+                           "refinement_checkpoint": str(tmp_path / "refinement.ckpt"), "fusion": {"gamma": -1.0}}}
     return Run(["fit", "--config", str(_config(tmp_path, _data(tmp_path), model))], 1, ["gamma", "-1.0"], ">= 0")
 
 
@@ -259,11 +259,14 @@ def predict_path_missing(tmp_path, fx):
                 str(fx("autoencoder_checkpoint")), f"--data.path={missing}"], 1, [str(missing)], "images to predict")
 
 
-def predict_image_of_unknown_category(tmp_path, fx):
+def predict_category_with_an_old_checkpoint(tmp_path, fx):
+    checkpoint = torch.load(fx("autoencoder_checkpoint"), weights_only=False)
+    del checkpoint["state_dict"]["category_classifier.class_means"]  # as written before category prediction existed
+    torch.save(checkpoint, old := tmp_path / "old.ckpt")
     loose = write_image(tmp_path / "incoming" / "loose.png", np.zeros((32, 32, 3), dtype=np.uint8))
-    return Run(["predict", "--config", str(_config(tmp_path, _data(tmp_path))), "--ckpt_path",
-                str(fx("autoencoder_checkpoint")), f"--data.path={loose.parent}", "--data.init_args.categories=[a,z]"],
-               1, [str(loose), "['a', 'z']"], r"put it under .*/<category>/")
+    return Run(["predict", "--config", str(_config(tmp_path, _data(tmp_path))), "--ckpt_path", str(old),
+                f"--data.path={loose.parent}", "--data.init_args.categories=[a,z]"],
+               1, [str(loose)], r"predates category prediction; retrain the model .*<path>/<category>/")
 
 
 CASES: dict[str, Callable] = {
@@ -278,7 +281,7 @@ CASES: dict[str, Callable] = {
         drdc_num_sets_below_1, drdc_gamma_negative, checkpoint_from_another_model, nonexistent_ckpt_path,
         ckpt_path_not_a_checkpoint,
         unwritable_output_directory, category_unknown_to_the_checkpoint, predict_path_missing,
-        predict_image_of_unknown_category,
+        predict_category_with_an_old_checkpoint,
     )
 }
 

@@ -4,7 +4,7 @@ The data is swapped for tiny 64 px fixtures in the config's own format (the embe
 and BTAD layouts); models, schedules and test-time settings stay as the configs give them.
 """
 
-import inspect
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,12 +15,12 @@ import torch
 import yaml
 
 from anomaly_diff.cli import main
-from anomaly_diff.models.drdc import DRDC
-from tests.helpers.data import write_btad, write_mvtec_ad
+from anomaly_diff.models.drdc import FusionConfig, InpaintingConfig
+from tests.helpers.data import write_btad, write_mvtec_ad, write_visa_raw
 
 REPO = Path(__file__).resolve().parents[4]
 CONFIGS = REPO / "configs" / "drdc"
-DATASETS = ["embedded", "mvtec", "btad"]
+DATASETS = ["embedded", "mvtec", "btad", "visa"]
 
 
 def data_overrides(dataset: str, root: Path) -> list[str]:
@@ -28,6 +28,8 @@ def data_overrides(dataset: str, root: Path) -> list[str]:
         write_mvtec_ad(root, n_train=3, n_good=1, n_defect=1, size=64)
     elif dataset == "btad":
         write_btad(root, n_train=3, n_good=1, n_defect=1, size=64)
+    elif dataset == "visa":
+        write_visa_raw(root, n_train=3, n_good=1, n_defect=1, size=64)
     overrides = [f"--data.init_args.root={root}", "--data.init_args.image_size=64", "--data.init_args.crop_size=64",
                  "--data.init_args.batch_size=2", "--data.init_args.eval_batch_size=1",
                  "--data.init_args.num_workers=0"]
@@ -98,14 +100,18 @@ def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dat
     run_dir = run(CONFIGS / f"{dataset}.yaml", tmp_path, "combined", data,
                   f"--model.init_args.base_checkpoint={base}", f"--model.init_args.refinement_checkpoint={refinement}")
     hparams = check(run_dir, tmp_path / "combined" / "last.ckpt")
-    assert hparams["num_sets"] >= 2 and hparams["gamma"] >= 0
+    assert hparams["inpainting"].num_sets >= 2 and hparams["inpainting"].init == "context"
+    assert set(hparams["stages"]) == {"base", "refinement"}  # the checkpoint loads without the stage files
 
 
-def test_sweep_sweeps_drdc_arguments_and_its_command_parses(capsys, monkeypatch):
+def test_sweep_sweeps_drdc_arguments_on_the_tuning_split_and_its_command_parses(capsys, monkeypatch):
     sweep = yaml.safe_load((REPO / "configs" / "sweeps" / "drdc.yaml").read_text())
-    arguments = inspect.signature(DRDC).parameters
+    fields = {f"{group}.{field.name}" for group, kind in (("inpainting", InpaintingConfig), ("fusion", FusionConfig))
+              for field in dataclasses.fields(kind)}
     names = [key.removeprefix("model.init_args.") for key in sweep["parameters"]]
-    assert {"num_timesteps", "start_timestep", "num_sets", "filter_size", "gamma"} <= set(names) <= set(arguments)
+    paper = {"inpainting.num_timesteps", "inpainting.start_timestep", "inpainting.num_sets", "inpainting.filter_size",
+             "fusion.gamma"}
+    assert paper <= set(names) <= fields
     command = sweep["command"]
     assert command[:2] == ["${env}", "anomaly-diff"] and command[-1] == "${args}"
     first = [f"--{key}={spec['values'][0]}" for key, spec in sweep["parameters"].items()]
@@ -115,5 +121,6 @@ def test_sweep_sweeps_drdc_arguments_and_its_command_parses(capsys, monkeypatch)
         main([*fixed, *first, "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["init_args"]["num_timesteps"] == 1
+    assert printed["model"]["init_args"]["inpainting"]["num_timesteps"] == 1
+    assert printed["data"]["init_args"]["data_seed"] == 1  # never the test split (data_seed 0)
     assert printed["trainer"]["logger"][-1]["class_path"] == "anomaly_diff.loggers.WandbLogger"
