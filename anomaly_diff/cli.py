@@ -18,7 +18,7 @@ What it adds to a plain LightningCLI:
   ``heatmaps``, ``report``, ``calibration``, ``predictions`` and ``checkpoint``.
 - ``predict`` writes ``predictions.csv`` (score and decision per image) and overlays instead of returning the
   predictions (``--return_predictions=true`` keeps them in memory too); ``--data.path=<folder>`` predicts a
-  folder of images instead of the test split.
+  folder of images instead of the test split (a flat folder of mixed categories too: the model predicts them).
 - The progress bar is Lightning's ``RichProgressBar`` unless the config names another one.
 - The run directory holds ``environment.json`` (seed, package versions) next to ``config.yaml``, and checkpoints
   hold the random states, so ``fit --ckpt_path last`` continues exactly where the run stopped.
@@ -45,6 +45,7 @@ from anomaly_diff.callbacks.report import TestReport
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.loggers import run_directory
+from anomaly_diff.models.components.category_classifier import NotFittedError
 
 
 class ConfigError(ValueError):
@@ -56,7 +57,7 @@ class ConfigError(ValueError):
 
 # Errors that describe bad input (data, weights, files, arguments): shown as one message, not a traceback.
 USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-               KeyError, FloatingPointError, InvalidSampleError)
+               KeyError, FloatingPointError, InvalidSampleError, NotFittedError)
 
 # What an OSError about a path means for the user, appended to its message.
 _OS_ERROR_HINTS = {

@@ -15,13 +15,17 @@ from anomaly_diff.data.batch import Batch
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.utils.io import atomic_write_text
 
-COLUMNS = ("path", "category", "score", "threshold", "anomalous", "overlay")
+COLUMNS = ("path", "category", "category_source", "score", "threshold", "anomalous", "overlay")
 
 
 class PredictionWriter(BasePredictionWriter):
     """Write ``<run dir>/predictions.csv`` and an overlay PNG per image under ``<run dir>/predictions/``.
 
-    The CSV has one row per image, sorted by path: ``path, category, score, threshold, anomalous, overlay``.
+    The CSV has one row per image, sorted by path: ``path, category, category_source, score, threshold, anomalous,
+    overlay``. ``category`` is the one the model conditioned the image on (``AnomalyModule.batch_categories``):
+    ``category_source`` says whether the data gave it (``given``, from ``<path>/<category>/`` or the one selected
+    category) or the model predicted it (``predicted``: a flat folder of mixed categories, or
+    ``model.category_source=predicted``); thresholds and overlays use it.
     ``anomalous`` is ``score > threshold``, where the threshold is ``threshold`` when given, else the category's
     threshold from the model's ``score_thresholds`` (chosen on the validation normals during ``fit``, see
     ``anomaly_diff.callbacks.NormalCalibration``); without either the threshold and the decision are empty
@@ -65,10 +69,12 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         """Write the batch's overlays and keep its CSV rows."""
         out_dir = run_directory(trainer)
-        classes = pl_module.class_indices(batch["category"]).tolist()
+        categories = pl_module.batch_categories(batch)  # the model's answer for this batch, kept: not recomputed
+        sources = pl_module.category_sources(batch)
+        classes = pl_module.class_indices(categories).tolist()
         thresholds = pl_module.score_thresholds.tolist()
         ranges = pl_module.map_ranges.tolist()
-        for i, (path, category) in enumerate(zip(batch["path"], batch["category"], strict=True)):
+        for i, (path, category) in enumerate(zip(batch["path"], categories, strict=True)):
             index = int(batch["index"][i])
             image, anomaly_map, _ = sample_arrays(batch, prediction["anomaly_map"], i)
             low, high = ranges[classes[i]]
@@ -82,6 +88,7 @@ class PredictionWriter(BasePredictionWriter):
             self._rows[(dataloader_idx, index)] = {
                 "path": path,
                 "category": category,
+                "category_source": sources[i],
                 "score": repr(score),
                 "threshold": repr(float(threshold)) if decided else "",
                 "anomalous": str(score > threshold) if decided else "",

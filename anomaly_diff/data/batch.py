@@ -17,8 +17,9 @@ class Batch(TypedDict):
         mask: ``(B, H, W)`` float32 ground truth in ``{0, 1}``; all zero for normal images.
         label: ``(B,)`` int64, ``1`` for an anomalous image, ``0`` for a normal one, ``-1`` for an image to
             predict (unknown; its mask is all zero).
-        category: the category name of each sample.
-        class_index: ``(B,)`` int64 index of the category in the sorted category list.
+        category: the category name of each sample; ``UNKNOWN_CATEGORY`` (``anomaly_diff.data.samples``) for an
+            image to predict whose category the data does not tell, which the model predicts.
+        class_index: ``(B,)`` int64 index of the category in the sorted category list; ``-1`` for an unknown one.
         path: the image file of each sample.
         index: ``(B,)`` int64 position of the sample in its split; unique per split, so metrics
             can drop the duplicates a distributed sampler pads with.

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.image_io import load_mask, load_rgb, read_size
-from anomaly_diff.data.samples import Sample
+from anomaly_diff.data.samples import UNKNOWN_CATEGORY, UNKNOWN_CLASS_INDEX, Sample
 
 
 def build_transform(image_size: int = 288, crop_size: int = 256) -> A.Compose:
@@ -54,12 +54,13 @@ class AnomalyDataset(Dataset):
 
     Args:
         samples: The sample table of the split; a sample's position is its ``index``.
-        class_indices: Category name → class index (the position in the sorted category list).
+        class_indices: Category name → class index (the position in the sorted category list); a sample of
+            ``UNKNOWN_CATEGORY`` gets ``UNKNOWN_CLASS_INDEX`` (:mod:`anomaly_diff.data.samples`).
         transform: Applied to image and mask together, e.g. :func:`build_transform`.
     """
 
     def __init__(self, samples: Sequence[Sample], class_indices: Mapping[str, int], transform: A.Compose) -> None:
-        unknown = sorted({sample.category for sample in samples} - class_indices.keys())
+        unknown = sorted({sample.category for sample in samples} - class_indices.keys() - {UNKNOWN_CATEGORY})
         if unknown:
             raise DatasetError(f"samples of categories {unknown} have no class index; known: {sorted(class_indices)}")
         self.samples = list(samples)
@@ -105,7 +106,7 @@ class AnomalyDataset(Dataset):
             "mask": (transformed["mask"] > 0).float(),
             "label": torch.tensor(sample.label, dtype=torch.long),
             "category": sample.category,
-            "class_index": torch.tensor(self.class_indices[sample.category], dtype=torch.long),
+            "class_index": torch.tensor(self.class_indices.get(sample.category, UNKNOWN_CLASS_INDEX), dtype=torch.long),
             "path": str(sample.image_path),
             "index": torch.tensor(index, dtype=torch.long),
         }

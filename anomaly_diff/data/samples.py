@@ -24,6 +24,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 UNLABELLED = -1
 """The label of an image to predict (normal or anomalous is what the model is asked)."""
 
+UNKNOWN_CATEGORY = "<unknown>"
+"""The category of an image to predict whose category the data does not tell (several categories are selected and
+it is not under ``<path>/<category>/``): the model predicts it (``AnomalyModule.batch_categories``). No folder can
+be named so on Windows, and no category name comes from anywhere but folder names and configs."""
+
+UNKNOWN_CLASS_INDEX = -1
+"""The ``class_index`` of a sample of :data:`UNKNOWN_CATEGORY`."""
+
 T = TypeVar("T")
 
 
@@ -36,7 +44,7 @@ class Sample:
         mask_path: The ground-truth mask of an anomalous image; ``None`` for a normal image.
         label: ``1`` for an anomalous image, ``0`` for a normal one, ``-1`` (:data:`UNLABELLED`) for an image to
             predict whose state is unknown.
-        category: The category (product) name.
+        category: The category (product) name; :data:`UNKNOWN_CATEGORY` for an image to predict of untold category.
         defect_type: ``"good"`` for a normal image, else the defect name (the directory it came from);
             ``"unknown"`` for an image to predict.
         split: ``"train"`` (normal images the model may learn from), ``"test"`` or ``"predict"`` (unlabelled
@@ -58,6 +66,11 @@ class Sample:
             raise DatasetError(
                 f"{self.image_path}: label {self.label!r} in split {self.split!r}; images to predict, and only "
                 f"they, have the label {UNLABELLED} (unknown)"
+            )
+        if self.category == UNKNOWN_CATEGORY and self.split != "predict":
+            raise DatasetError(
+                f"{self.image_path}: category {UNKNOWN_CATEGORY!r} in split {self.split!r}; only images to predict may "
+                "have an unknown category"
             )
         if self.label not in (0, 1, UNLABELLED):
             raise DatasetError(f"{self.image_path}: label must be 0 (normal) or 1 (anomalous), got {self.label!r}")
@@ -225,7 +238,8 @@ def prediction_samples(path: Path, categories: Sequence[str]) -> list[Sample]:
     ``path`` is an image file or a directory searched recursively for image files. An image's category is the
     name of its top-level directory below ``path`` when that is one of ``categories``
     (``<path>/<category>/**/*.png``); any other image (directly in ``path``, or under a directory that is not a
-    category) needs exactly one selected category, which it then belongs to.
+    category) belongs to the one selected category, or, when several are selected, to :data:`UNKNOWN_CATEGORY`:
+    the model then predicts its category (a flat folder of mixed categories).
 
     Args:
         path: An image file or a directory of images (masks are not needed and not read).
@@ -235,7 +249,7 @@ def prediction_samples(path: Path, categories: Sequence[str]) -> list[Sample]:
         The images sorted by path, split ``"predict"``, label :data:`UNLABELLED`.
 
     Raises:
-        DatasetError: ``path`` does not exist or holds no image, or an image's category cannot be told.
+        DatasetError: ``path`` does not exist or holds no image.
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -255,12 +269,7 @@ def prediction_samples(path: Path, categories: Sequence[str]) -> list[Sample]:
         top = image.relative_to(root).parts[0] if image.parent != root else None
         if top in categories:
             category = top
-        elif len(categories) == 1:
-            category = categories[0]
         else:
-            raise DatasetError(
-                f"cannot tell the category of {image}: put it under {root}/<category>/ with <category> one of "
-                f"{list(categories)}, or select its one category (data.init_args.categories=[<name>])"
-            )
+            category = categories[0] if len(categories) == 1 else UNKNOWN_CATEGORY
         samples.append(Sample(image, None, UNLABELLED, category, "unknown", "predict"))
     return samples

@@ -157,7 +157,8 @@ class Autoencoder(AnomalyModule):
             yield batch["image"].to(self.device) * 2 - 1
 
     def on_fit_start(self) -> None:
-        """Standardise the pretrained encoder's features over the training images before the decoder trains."""
+        """Fit the category classifier (base class), then standardise the pretrained encoder's training features."""
+        super().on_fit_start()
         if isinstance(self.vae, FeatureAutoencoder):
             self.vae.fit_statistics(self._training_images(), "features")
 

@@ -186,7 +186,8 @@ class FeatureExtractor(nn.Module):
         model_name: A timm model that supports ``forward_intermediates``. Defaults to ``"tf_efficientnet_lite0"``.
         layers: Indices into the model's ``feature_info`` (for EfficientNet-Lite0: 0..4 at strides 2, 4, 8, 16,
             32 with 16, 24, 40, 112, 320 channels). Defaults to ``(0, 1, 2, 3)``, UniAD's stride-2..16 choice.
-        output_stride: Stride of the output grid relative to the image. Defaults to 16 (UniAD).
+        output_stride: Stride of the output grid relative to the image. Defaults to 16 (UniAD). ``None`` keeps the
+            stage's own grid (one layer only), for any image size: for a caller that pools the features globally.
         weights: Where the pretrained weights come from (module docstring); ``None`` leaves them random, for a
             caller that loads a saved state dict. Defaults to :data:`DEFAULT_WEIGHTS`.
 
@@ -200,7 +201,7 @@ class FeatureExtractor(nn.Module):
         self,
         model_name: str = "tf_efficientnet_lite0",
         layers: Sequence[int] = (0, 1, 2, 3),
-        output_stride: int = 16,
+        output_stride: int | None = 16,
         weights: str | None = DEFAULT_WEIGHTS,
     ) -> None:
         super().__init__()
@@ -209,7 +210,9 @@ class FeatureExtractor(nn.Module):
         info = model.feature_info
         if not layers or layers[0] < 0 or layers[-1] >= len(info) or len(set(layers)) != len(layers):
             raise ValueError(f"backbone layers {layers} must be distinct indices in [0, {len(info)}) for {model_name}")
-        if output_stride < 1:
+        if output_stride is None and len(layers) != 1:
+            raise ValueError(f"backbone output_stride=None keeps one stage's own grid; give one layer, not {layers}")
+        if output_stride is not None and output_stride < 1:
             raise ValueError(f"backbone output_stride must be >= 1, got {output_stride}")
         model.prune_intermediate_layers(layers, prune_head=True)
         self.model = model.requires_grad_(False).eval()
@@ -234,18 +237,19 @@ class FeatureExtractor(nn.Module):
             image: ``(B, 3, H, W)`` RGB in ``[0, 1]``; ``H`` and ``W`` divisible by ``output_stride``.
 
         Returns:
-            ``(B, out_channels, H / output_stride, W / output_stride)`` features.
+            ``(B, out_channels, H / output_stride, W / output_stride)`` features (the stage's own grid when
+            ``output_stride`` is ``None``).
 
         Raises:
             ValueError: The image size is not divisible by ``output_stride``.
         """
         height, width = image.shape[-2:]
-        if height % self.output_stride or width % self.output_stride:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by the backbone output_stride={self.output_stride}"
-            )
-        size = (height // self.output_stride, width // self.output_stride)
+        stride = self.output_stride
+        if stride is not None and (height % stride or width % stride):
+            raise ValueError(f"image size {height}x{width} is not divisible by the backbone output_stride={stride}")
         stages = self.model.forward_intermediates(
             (image - self.mean) / self.std, indices=self.layers, stop_early=True, intermediates_only=True
         )
-        return torch.cat([_resize(stage, size) for stage in stages], dim=1)
+        if stride is None:
+            return stages[0]
+        return torch.cat([_resize(stage, (height // stride, width // stride)) for stage in stages], dim=1)

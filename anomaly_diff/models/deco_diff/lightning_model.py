@@ -1,6 +1,7 @@
 """DeCo-Diff as a LightningModule: the paper's training objective, and maps/scores for the shared evaluator."""
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch.nn.functional as F
 from lightning.pytorch import Callback
@@ -58,6 +59,9 @@ class DeCoDiff(AnomalyModule):
             order; ``None`` takes the reference's own order for MVTec AD or VisA.
         ema_decay: If set, an exponential moving average of the weights (Lightning's ``EMAWeightAveraging``,
             updated every optimiser step) is kept; validation, checkpoints and the test after ``fit`` use it.
+        category_source: Test-time conditioning: ``"given"`` (each image's category from the data, predicted where
+            the data has none, e.g. a flat folder to predict) or ``"predicted"`` (always the category classifier's
+            prediction; see :class:`~anomaly_diff.models.base.AnomalyModule`). Training always uses the given ones.
         optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
         scheduler: Optional learning-rate scheduler factory, e.g.
             :class:`~anomaly_diff.models.components.lr_schedulers.WarmupCosineLR`.
@@ -81,10 +85,11 @@ class DeCoDiff(AnomalyModule):
         reference_checkpoint: str | None = None,
         reference_classes: Sequence[str] | None = None,
         ema_decay: float | None = None,
+        category_source: Literal["given", "predicted"] = "given",
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(categories, optimizer, scheduler)
+        super().__init__(categories, optimizer, scheduler, category_source)
         for name, value in (("max_mask_ratio", max_mask_ratio), ("max_shuffle_ratio", max_shuffle_ratio)):
             if not 0 <= value <= 1:
                 raise ValueError(f"model.{name} must lie in [0, 1], got {value}")
@@ -134,8 +139,8 @@ class DeCoDiff(AnomalyModule):
         return self._latent_cache(batch["path"], batch["image"], self.model.codec.encode)
 
     def detect(self, batch: Batch) -> DeCoDiffOutput:
-        """Run the test-time correction on a batch, conditioned on each image's true category."""
-        return self.model.detect(batch["image"], self.class_indices(batch["category"]))
+        """Run the test-time correction on a batch, conditioned on ``batch_categories`` (given or predicted)."""
+        return self.model.detect(batch["image"], self.class_indices(self.batch_categories(batch)))
 
     def predict_anomaly(self, batch: Batch) -> Prediction:
         """Anomaly maps ``(B, H, W)`` and image scores ``(B,)``."""
@@ -143,6 +148,6 @@ class DeCoDiff(AnomalyModule):
         return {"anomaly_map": output.anomaly_map, "pred_score": output.pred_score}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict:
-        """Maps, scores, reconstructions ``(B, 3, H, W)`` and both map parts, with each sample's path and category."""
+        """Maps, scores, reconstructions ``(B, 3, H, W)``, both map parts and ``sample_fields`` (path, category)."""
         output = self.detect(batch)
-        return {**output._asdict(), "path": batch["path"], "category": batch["category"]}
+        return {**output._asdict(), **self.sample_fields(batch)}

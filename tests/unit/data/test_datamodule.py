@@ -11,6 +11,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from anomaly_diff.data import DatasetError, MVTecAD
 from anomaly_diff.data.batch import Batch
+from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from tests.helpers.data import corrupt_file, truncate_file, write_image, write_mvtec_ad
 
 
@@ -253,3 +254,13 @@ def test_predict_on_a_path_reads_only_its_images_and_needs_no_data_set(root, tmp
     with pytest.raises(DatasetError, match="does not exist"):
         _datamodule(tmp_path / "absent", path=str(images))
     assert _datamodule(root, path=str(images)).categories == ["bottle", "carpet", "zipper"]
+
+
+def test_predict_on_a_flat_folder_of_mixed_categories_leaves_their_categories_to_the_model(tmp_path):
+    images = tmp_path / "incoming"
+    for name in ("1.png", "zipper/2.png"):
+        write_image(images / name, np.full((40, 40, 3), 7, dtype=np.uint8))
+    datamodule = _datamodule(tmp_path / "absent", categories=["bottle", "zipper"], path=str(images))
+    datamodule.setup("predict")
+    batch = next(iter(datamodule.predict_dataloader()))
+    assert batch["category"] == [UNKNOWN_CATEGORY, "zipper"] and batch["class_index"].tolist() == [-1, 1]

@@ -6,6 +6,7 @@ import pytest
 
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.samples import (
+    UNKNOWN_CATEGORY,
     UNLABELLED,
     MaskIndex,
     Sample,
@@ -129,11 +130,19 @@ def test_prediction_samples_with_one_category_take_any_layout_and_single_files(t
     assert [s.image_path for s in prediction_samples(tmp_path / "x.png", ["bottle"])] == [tmp_path / "x.png"]
 
 
+def test_prediction_samples_of_a_flat_mixed_folder_have_an_unknown_category(tmp_path):
+    for name in ("x.png", "bottle/y.png", "batch 2/z.png"):
+        write_image(tmp_path / name, PIXELS)
+    samples = prediction_samples(tmp_path, ["bottle", "cable"])
+    assert [(s.image_path.relative_to(tmp_path).as_posix(), s.category) for s in samples] == [
+        ("batch 2/z.png", UNKNOWN_CATEGORY), ("bottle/y.png", "bottle"), ("x.png", UNKNOWN_CATEGORY)
+    ]
+    assert [s.category for s in prediction_samples(tmp_path / "x.png", ["bottle", "cable"])] == [UNKNOWN_CATEGORY]
+    with pytest.raises(DatasetError, match=f"category '{UNKNOWN_CATEGORY}' in split 'test'; only images to predict"):
+        Sample(tmp_path / "x.png", None, 0, UNKNOWN_CATEGORY, "good", "test")
+
+
 def test_prediction_samples_name_what_cannot_be_predicted(tmp_path):
-    write_image(tmp_path / "loose.png", PIXELS)
-    with pytest.raises(DatasetError, match=rf"cannot tell the category of {tmp_path / 'loose.png'}: put it under "
-                                           rf"{tmp_path}/<category>/ with <category> one of \['a', 'b'\]"):
-        prediction_samples(tmp_path, ["a", "b"])
     with pytest.raises(DatasetError, match=f"directory {tmp_path / 'nope'} does not exist; expected images to predict"):
         prediction_samples(tmp_path / "nope", ["a"])
     (tmp_path / "empty").mkdir()

@@ -1,14 +1,23 @@
+import inspect
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from anomaly_diff.data import MVTecAD
+from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.models.base import AnomalyModule
+from anomaly_diff.models.components.category_classifier import CategoryClassifier, NotFittedError
+from tests.helpers.data import write_mvtec_ad
+from tests.unit.models.components.test_category_classifier import PICTURES, batches, crops
 
 
 class ConstantLoss(AnomalyModule):
     """A model whose loss is whatever the test puts in `value`."""
 
-    def __init__(self, categories, value=1.0):
-        super().__init__(categories)
+    def __init__(self, categories, value=1.0, category_source="given"):
+        super().__init__(categories, category_source=category_source)
         self.weight = torch.nn.Parameter(torch.tensor(1.0))
         self.value = value
 
@@ -72,3 +81,98 @@ def test_calibration_travels_in_checkpoints_and_old_checkpoints_load_uncalibrate
     restored.on_load_checkpoint(old)
     restored.load_state_dict(old["state_dict"])  # strict: the hook filled the missing buffers
     assert restored.score_thresholds.isnan().all() and restored.map_ranges.isnan().all()
+
+
+# --- category prediction (images without a category, and category_source)
+
+def fitted_model(category_source="given"):
+    """A ConstantLoss over PICTURES whose category classifier is fitted on 6 crops of each picture."""
+    model = ConstantLoss(list(PICTURES), category_source=category_source)
+    model.category_classifier.fit(batches(seed=0), model.class_indices)
+    return model
+
+
+def labelled(names, seed=1):
+    """A batch of crops of the pictures ``names`` (one crop each), labelled with those names."""
+    images = torch.cat([crops(name, 1, seed + i) for i, name in enumerate(names)])
+    return {"image": images, "category": list(names), "path": [f"{i}.png" for i in range(len(names))]}
+
+
+def test_unknown_categories_are_predicted_and_given_ones_kept(monkeypatch):
+    model = fitted_model()
+    batch = labelled(["coffee", "chelsea", "astronaut"])
+    batch["category"] = ["chelsea", UNKNOWN_CATEGORY, UNKNOWN_CATEGORY]  # a wrong given label is kept
+    calls = []
+    classify = model.category_classifier.forward
+    monkeypatch.setattr(model.category_classifier, "forward", lambda images: calls.append(len(images)) or
+                        classify(images))
+    assert model.batch_categories(batch) == ["chelsea", "chelsea", "astronaut"]
+    assert model.category_sources(batch) == ["given", "predicted", "predicted"]
+    out = model.predict_step(batch, 0)  # asks again: the answer for the same batch is kept
+    assert out["category"] == ["chelsea", "chelsea", "astronaut"]
+    assert out["category_source"] == ["given", "predicted", "predicted"] and calls == [2]
+
+
+def test_category_source_predicted_ignores_the_given_labels():
+    batch = labelled(["coffee", "chelsea", "astronaut"])
+    batch["category"] = ["astronaut", "coffee", "chelsea"]  # all wrong
+    model = fitted_model("predicted")
+    assert model.batch_categories(batch) == ["coffee", "chelsea", "astronaut"]
+    assert model.category_sources(batch) == ["predicted"] * 3
+    model.category_source = "given"
+    assert model.batch_categories(batch) == ["astronaut", "coffee", "chelsea"]
+    with pytest.raises(ValueError, match=r"model.category_source must be one of \['given', 'predicted'\], got 'true'"):
+        ConstantLoss(["a"], category_source="true")
+
+
+def test_class_means_travel_in_checkpoints_without_the_backbone_and_old_checkpoints_load_unfitted():
+    model = fitted_model()
+    state = model.state_dict()
+    assert [key for key in state if key.startswith("category_classifier.")] == ["category_classifier.class_means"]
+    restored = ConstantLoss(list(PICTURES))
+    checkpoint = {"state_dict": dict(state)}
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])
+    assert torch.equal(restored.category_classifier.class_means, model.category_classifier.class_means)
+    old = {"state_dict": {k: v for k, v in state.items() if not k.startswith("category_classifier.")}}
+    restored.on_load_checkpoint(old)
+    restored.load_state_dict(old["state_dict"])  # strict
+    assert not restored.category_classifier.fitted.any()
+    batch = labelled(["coffee"])
+    assert restored.batch_categories(batch) == ["coffee"]  # a given category needs no classifier
+    batch["category"] = [UNKNOWN_CATEGORY]
+    with pytest.raises(NotFittedError, match=r"cannot predict the category of 0.png: .*checkpoint predates category "
+                                              r"prediction; retrain"):
+        restored.batch_categories(batch)
+
+
+def test_fit_start_fits_on_every_training_normal_in_order_without_drawing_random_numbers(tmp_path):
+    root = write_mvtec_ad(tmp_path / "data", categories=("a", "b"), n_train=3, size=32)
+    datamodule = MVTecAD(str(root), image_size=32, crop_size=32, batch_size=2, val_fraction=0.34)
+    datamodule.setup("fit")
+    model = ConstantLoss(["a", "b", "c"])
+    model.trainer = SimpleNamespace(datamodule=datamodule)
+    state = torch.get_rng_state()
+    model.on_fit_start()
+    assert torch.equal(torch.get_rng_state(), state)
+    expected = CategoryClassifier(3)
+    counts = expected.fit(DataLoader(datamodule.train_dataset, batch_size=5), model.class_indices)
+    assert counts.tolist() == [2, 2, 0]  # one of 3 normals per category is held out for validation
+    torch.testing.assert_close(model.category_classifier.class_means, expected.class_means, equal_nan=True)
+    model.trainer = SimpleNamespace(datamodule=None)
+    with pytest.warns(UserWarning, match="without a datamodule: the category classifier is not fitted"):
+        model.on_fit_start()
+
+
+def test_every_model_that_overrides_fit_start_fits_the_category_classifier():
+    import anomaly_diff.models.autoencoder  # noqa: F401  (register the subclasses)
+    import anomaly_diff.models.deco_diff  # noqa: F401
+    import anomaly_diff.models.drdc  # noqa: F401
+
+    def subclasses(cls):
+        return {cls, *(s for child in cls.__subclasses__() for s in subclasses(child))}
+
+    overriding = [cls for cls in subclasses(AnomalyModule) - {AnomalyModule} if "on_fit_start" in vars(cls)]
+    assert overriding, "no model overrides on_fit_start: this test has nothing to check"
+    for cls in overriding:
+        assert "super().on_fit_start()" in inspect.getsource(cls.on_fit_start), f"{cls.__name__}.on_fit_start"

@@ -122,3 +122,10 @@ def test_extractor_errors_are_named():
         FeatureExtractor(layers=(5,))
     with pytest.raises(ValueError, match="40x40 is not divisible by the backbone output_stride=16"):
         FeatureExtractor(layers=(0,))(torch.rand(1, 3, 40, 40))
+    with pytest.raises(ValueError, match=r"output_stride=None keeps one stage's own grid; give one layer, not \[0"):
+        FeatureExtractor(layers=(0, 1), output_stride=None)
+
+
+def test_extractor_without_output_stride_keeps_the_stage_grid_for_any_size():
+    extractor = FeatureExtractor(layers=(1,), output_stride=None)
+    assert extractor(torch.rand(1, 3, 40, 44)).shape == (1, 24, 10, 11)

@@ -3,6 +3,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.diffusion.deviation import corrupt, deviation_target
 from anomaly_diff.diffusion.masks import sample_patch_corruption
 from anomaly_diff.models.deco_diff import DeCoDiff
@@ -74,9 +75,10 @@ def test_predict_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir, m
     model = make_model(tiny_autoencoder_dir).eval()
     batch = make_batch(["brick", "coffee"])
     out = model.predict_step(batch, 0)
-    assert set(out) == set(DeCoDiffOutput._fields) | {"path", "category"}
+    assert set(out) == set(DeCoDiffOutput._fields) | {"path", "category", "category_source"}
     assert out["reconstruction"].shape == (2, 3, 64, 64) and out["anomaly_map"].shape == (2, 64, 64)
     assert out["path"] == batch["path"] and out["category"] == ["brick", "coffee"]
+    assert out["category_source"] == ["given", "given"]
     prediction = model.test_step(batch, 0)
     torch.testing.assert_close(prediction["anomaly_map"], out["anomaly_map"])
 
@@ -125,3 +127,19 @@ def test_latent_cache_encodes_each_image_once(tiny_autoencoder_dir, monkeypatch,
     torch.testing.assert_close(latents[1], original(mixed["image"][1:2])[0])
     model.compute_losses(batch)
     assert encoded_counts == [3, 1]
+
+
+def test_detect_conditions_on_the_predicted_category_where_there_is_none_or_where_asked(
+    tiny_autoencoder_dir, make_batch, monkeypatch
+):
+    model = make_model(tiny_autoencoder_dir).eval()
+    monkeypatch.setattr(model.category_classifier, "forward", lambda images: torch.ones(len(images), dtype=torch.long))
+    batch = make_batch(["brick", "brick"])
+    batch["category"] = ["brick", UNKNOWN_CATEGORY]
+    out = model.predict_step(batch, 0)
+    assert out["category"] == ["brick", "coffee"] and out["category_source"] == ["given", "predicted"]
+    torch.testing.assert_close(out["anomaly_map"], model.model.detect(batch["image"], torch.tensor([0, 1])).anomaly_map)
+    model.category_source = "predicted"
+    predicted = model.model.detect(batch["image"], torch.tensor([1, 1])).anomaly_map
+    torch.testing.assert_close(model.predict_anomaly(batch)["anomaly_map"], predicted)
+    assert not torch.allclose(predicted[0], out["anomaly_map"][0])  # the class matters
