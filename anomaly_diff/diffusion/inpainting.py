@@ -128,9 +128,9 @@ def context_fill(known: Tensor, mask: Tensor) -> Tensor:
     """Fill the hidden pixels from the known ones, layer by layer from the border of the hidden region inward.
 
     Each pass gives every hidden pixel that touches known (or already filled) pixels the mean of those 3 x 3
-    neighbours, until every pixel is filled. A parameter-free smooth guess of the hidden region that depends on the known pixels only (OpenCV's
-    ``cv2.inpaint`` does a similar job, but per uint8 image on the CPU, not on a batch of float tensors on the
-    model's device). An image with no known pixel at all is filled with 0, the middle of ``[-1, 1]``.
+    neighbours, until every pixel is filled: a parameter-free smooth guess of the hidden region made of the known
+    pixels only. OpenCV's ``cv2.inpaint`` does a similar job, but per uint8 image on the CPU, not on a batch of float
+    tensors on the model's device. An image with no known pixel at all is filled with 0, the middle of ``[-1, 1]``.
 
     Args:
         known: ``(N, C, H, W)`` images.

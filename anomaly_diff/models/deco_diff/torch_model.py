@@ -25,6 +25,7 @@ from anomaly_diff.models.components.anomaly_map import (
     image_score,
     resize_maps,
 )
+from anomaly_diff.utils.settings import as_settings
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ class DeCoDiffModel(nn.Module):
         self.class_embedding = nn.Embedding(num_classes, preset.context_dim)
         self.schedule = NoiseSchedule(num_train_timesteps, beta_schedule)
         self.timesteps = check_chain(timesteps, num_train_timesteps)
-        self.map_config = anomaly_map or AnomalyMapConfig()
+        self.map_config = as_settings(AnomalyMapConfig, anomaly_map)
 
     def forward(self, latents: Tensor, timesteps: Tensor, class_index: Tensor) -> Tensor:
         """Predict the deviation of ``(B, C, h, w)`` latents at ``(B,)`` timesteps for ``(B,)`` classes."""

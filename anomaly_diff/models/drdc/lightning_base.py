@@ -1,6 +1,7 @@
 """DRDC stage 1 as a LightningModule: the base model, trained and tested alone (configs/drdc/base/<dataset>.yaml)."""
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -42,6 +43,8 @@ class DRDCBase(AnomalyModule):
         cache_features: Extract each training/validation image's frozen features once and reuse them (keyed by
             the image path) in later epochs. Only valid with a deterministic training transform, as in this
             project's datamodules. Defaults to False.
+        category_source: Test-time conditioning: ``"given"`` or ``"predicted"``
+            (:class:`~anomaly_diff.models.base.AnomalyModule`). Training always uses the given categories.
         optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
         scheduler: Optional learning-rate scheduler factory.
     """
@@ -66,10 +69,11 @@ class DRDCBase(AnomalyModule):
         blur_sigma: float = 4.0,
         top_k: int = 1,
         cache_features: bool = False,
+        category_source: Literal["given", "predicted"] = "given",
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(categories, optimizer, scheduler)
+        super().__init__(categories, optimizer, scheduler, category_source)
         if blur_sigma < 0 or top_k < 1:
             raise ValueError(f"model.blur_sigma must be >= 0 ({blur_sigma}) and model.top_k >= 1 ({top_k})")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])

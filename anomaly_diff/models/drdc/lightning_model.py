@@ -8,7 +8,9 @@ architecture in its own hyper-parameters (``stages``), so a DRDC checkpoint load
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -19,27 +21,39 @@ from anomaly_diff.models.drdc.fusion import FusionConfig
 from anomaly_diff.models.drdc.lightning_base import DRDCBase
 from anomaly_diff.models.drdc.lightning_refinement import DRDCRefinement
 from anomaly_diff.models.drdc.torch_model import DRDCModel, DRDCOutput, InpaintingConfig
+from anomaly_diff.utils.settings import as_settings
 
 # Stage hyper-parameters that only concern the stage's own test, not the architecture DRDC rebuilds.
 _STAGE_TEST_SETTINGS = ("inpainting", "temporal", "top_k")
 
 
-def _load_stage(kind: type[AnomalyModule], key: str, path: str) -> AnomalyModule:
+def _load_stage(kind: type[AnomalyModule], key: str, path: str) -> tuple[AnomalyModule, dict]:
+    """A stage module with its checkpoint's weights, and the constructor arguments that rebuild its architecture.
+
+    The arguments are read from the file, not from the loaded module's ``hparams``: inside a LightningCLI
+    instantiation a nested module's ``save_hyperparameters`` records the outer model's arguments instead.
+    """
     stage_config = "base" if kind is DRDCBase else "refinement"
-    if not Path(path).expanduser().is_file():
+    file = Path(path).expanduser()
+    if not file.is_file():
         raise FileNotFoundError(
             f"model.{key}={path!r} does not exist: train the stage first (anomaly-diff fit --config "
             f"configs/drdc/{stage_config}/<dataset>.yaml) and point {key} at its checkpoint"
         )
     # Our own Lightning checkpoints: their hyper-parameters hold plain Python objects, not only tensors.
-    return kind.load_from_checkpoint(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    architecture = _architecture(checkpoint["hyper_parameters"])
+    stage = kind(**architecture)
+    stage.on_load_checkpoint(checkpoint)
+    stage.load_state_dict(checkpoint["state_dict"])
+    return stage, architecture
 
 
-def _architecture(stage: AnomalyModule) -> dict:
+def _architecture(hparams: dict) -> dict:
     """A stage's constructor arguments as plain values, without the CLI's private keys and its test settings."""
     return {
         key: asdict(value) if is_dataclass(value) else list(value) if isinstance(value, tuple) else value
-        for key, value in stage.hparams.items()
+        for key, value in hparams.items()
         if not key.startswith("_") and key not in _STAGE_TEST_SETTINGS
     }
 
@@ -61,6 +75,8 @@ class DRDC(AnomalyModule):
         fusion: How the base and refinement maps are fused and scored (:class:`FusionConfig`).
         stages: The stages' architectures, ``{"base": {...}, "refinement": {...}}``: filled from the stage
             checkpoints when the model is first built and saved in its checkpoint; not set by hand.
+        category_source: Test-time conditioning: each image's category from the data (``"given"``, predicted where
+            the data has none) or always the predicted one (``"predicted"``; see ``AnomalyModule``).
         optimizer: Optimiser factory of the joint fine-tuning.
         scheduler: Optional learning-rate scheduler factory.
     """
@@ -73,15 +89,18 @@ class DRDC(AnomalyModule):
         inpainting: InpaintingConfig | None = None,
         fusion: FusionConfig | None = None,
         stages: dict[str, dict] | None = None,
+        category_source: Literal["given", "predicted"] = "given",
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        inpainting = inpainting or InpaintingConfig()
-        fusion = fusion or FusionConfig()
+        inpainting = as_settings(InpaintingConfig, inpainting)
+        fusion = as_settings(FusionConfig, fusion)
         if stages is None:
-            base = _load_stage(DRDCBase, "base_checkpoint", base_checkpoint)
-            refinement = _load_stage(DRDCRefinement, "refinement_checkpoint", refinement_checkpoint)
-            stages = {"base": _architecture(base), "refinement": _architecture(refinement)}
+            base, base_architecture = _load_stage(DRDCBase, "base_checkpoint", base_checkpoint)
+            refinement, refinement_architecture = _load_stage(
+                DRDCRefinement, "refinement_checkpoint", refinement_checkpoint
+            )
+            stages = {"base": base_architecture, "refinement": refinement_architecture}
         else:  # from a DRDC checkpoint: the architectures only, the weights follow from its state dict
             base, refinement = DRDCBase(**stages["base"]), DRDCRefinement(**stages["refinement"])
         if base.categories != refinement.categories:
@@ -94,9 +113,11 @@ class DRDC(AnomalyModule):
             raise ValueError(
                 f"model.categories {unknown} are not among the checkpoints' categories {refinement.categories}"
             )
-        super().__init__(refinement.categories, optimizer, scheduler)
+        super().__init__(refinement.categories, optimizer, scheduler, category_source)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams["stages"] = stages
+        # The base stage's category predictor (fitted on its training normals); fit refits it on the data.
+        self.category_classifier.load_state_dict(base.category_classifier.state_dict())
         refinement.model.inpainting = inpainting
         # Only the stages' torch models are kept; their LightningModules were the way to read the checkpoints.
         self.model = DRDCModel(base.model, refinement.model, fusion)
@@ -114,8 +135,8 @@ class DRDC(AnomalyModule):
         return {"loss": base + refinement, "base_loss": base, "refinement_loss": refinement}
 
     def detect(self, batch: Batch) -> DRDCOutput:
-        """Run both branches on a batch and fuse them."""
-        return self.model(batch["image"], self.class_indices(batch["category"]))
+        """Run both branches on a batch, conditioned on each image's category (given or predicted), and fuse them."""
+        return self.model(batch["image"], self.class_indices(self.batch_categories(batch)))
 
     def predict_anomaly(self, batch: Batch) -> Prediction:
         """The fused map and its image score."""
@@ -123,5 +144,5 @@ class DRDC(AnomalyModule):
         return {"anomaly_map": output.anomaly_map, "pred_score": output.pred_score}
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict:
-        """Every heatmap component (:class:`DRDCOutput`) with each sample's path and category."""
-        return {**self.detect(batch)._asdict(), "path": batch["path"], "category": batch["category"]}
+        """Every heatmap component (:class:`DRDCOutput`) with each sample's path, category and its source."""
+        return {**self.detect(batch)._asdict(), **self.sample_fields(batch)}

@@ -1,6 +1,7 @@
 """DRDC stage 2 as a LightningModule: the diffusion refinement, trained and tested alone (configs/drdc/refinement/)."""
 
 from collections.abc import Sequence
+from typing import Literal
 
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EMAWeightAveraging
@@ -12,6 +13,7 @@ from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import image_score
 from anomaly_diff.models.drdc.fusion import TemporalFusion, aggregate_refinement
 from anomaly_diff.models.drdc.torch_model import DiffusionRefiner, InpaintingConfig
+from anomaly_diff.utils.settings import as_settings
 
 
 class DRDCRefinement(AnomalyModule):
@@ -38,6 +40,8 @@ class DRDCRefinement(AnomalyModule):
         top_k: Pixels averaged into the image score. Defaults to 1.
         ema_decay: If set, an exponential moving average of the weights is kept (Lightning's
             ``EMAWeightAveraging``) and used by validation, checkpoints and tests.
+        category_source: Test-time conditioning: ``"given"`` or ``"predicted"``
+            (:class:`~anomaly_diff.models.base.AnomalyModule`). Training always uses the given categories.
         optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
         scheduler: Optional learning-rate scheduler factory.
     """
@@ -57,10 +61,11 @@ class DRDCRefinement(AnomalyModule):
         temporal: TemporalFusion = "mean",
         top_k: int = 1,
         ema_decay: float | None = None,
+        category_source: Literal["given", "predicted"] = "given",
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        super().__init__(categories, optimizer, scheduler)
+        super().__init__(categories, optimizer, scheduler, category_source)
         if max_train_timestep is not None and not 0 <= max_train_timestep < num_train_timesteps:
             raise ValueError(
                 f"model.max_train_timestep={max_train_timestep} must lie in [0, num_train_timesteps="
@@ -81,7 +86,7 @@ class DRDCRefinement(AnomalyModule):
             norm_num_groups=norm_num_groups,
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
-            inpainting=inpainting,
+            inpainting=as_settings(InpaintingConfig, inpainting),
         )
         self.max_train_timestep = num_train_timesteps - 1 if max_train_timestep is None else max_train_timestep
         self.label_dropout = label_dropout
@@ -100,6 +105,6 @@ class DRDCRefinement(AnomalyModule):
 
     def predict_anomaly(self, batch: Batch) -> Prediction:
         """The aggregated correction heatmap (refinement alone) and its top-k mean as image score."""
-        heatmaps = self.model.refine(batch["image"], self.class_indices(batch["category"])).heatmaps
+        heatmaps = self.model.refine(batch["image"], self.class_indices(self.batch_categories(batch))).heatmaps
         anomaly_map = aggregate_refinement(heatmaps, self.temporal)
         return {"anomaly_map": anomaly_map, "pred_score": image_score(anomaly_map, self.top_k)}

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
+from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.models.components.anomaly_map import gaussian_blur
 from anomaly_diff.models.drdc import DRDC, DRDCBase, DRDCRefinement, FusionConfig, InpaintingConfig
 from anomaly_diff.models.drdc.base_model import BaseReconstructor
@@ -134,9 +135,31 @@ def test_combined_predict_step_returns_every_component(stages):
     model = DRDC(CATEGORIES, stages["base"], stages["refinement"], inpainting=inpainting).eval()
     out = model.predict_step(batch(), 0)
     assert set(out) == {"anomaly_map", "pred_score", "base_map", "refinement_map", "correction_maps", "path",
-                        "category"}
+                        "category", "category_source"}
     assert out["correction_maps"].shape == (2, 1, 2, 2, 16, 16)  # default scales (1, 2)
     assert set(model.test_step(batch(), 0)) == {"anomaly_map", "pred_score"}
+
+
+def test_combined_model_conditions_images_without_a_category_on_the_predicted_one(stages):
+    # Red "brick" and blue "coffee" images: the category predictor, fitted on them, tells them apart.
+    torch.manual_seed(3)
+    images = torch.rand(4, 3, 16, 16) * 0.2
+    images[[0, 2], 0] += 0.8
+    images[[1, 3], 2] += 0.8
+    truth = ["brick", "coffee", "brick", "coffee"]
+    model = DRDC(None, stages["base"], stages["refinement"],
+                 inpainting=InpaintingConfig(num_timesteps=2, start_timestep=20)).eval()
+    model.category_classifier.fit([{"image": images, "category": truth}], model.class_indices)
+    given = {**batch(truth), "image": images}
+    unknown = {**given, "category": [UNKNOWN_CATEGORY] * 4}
+    assert model.batch_categories(unknown) == truth
+    torch.manual_seed(8)
+    expected = model.detect(given)
+    torch.manual_seed(8)
+    for got, want in zip(model.detect(unknown), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    fields = model.predict_step(unknown, 0)
+    assert fields["category"] == truth and fields["category_source"] == ["predicted"] * 4
 
 
 def test_combined_loss_is_the_sum_of_the_stage_losses(stages):
