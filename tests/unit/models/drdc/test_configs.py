@@ -4,8 +4,10 @@ The data is swapped for tiny 64 px fixtures in the config's own format (the embe
 and BTAD layouts); models, schedules and test-time settings stay as the configs give them.
 """
 
+import csv
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +120,23 @@ def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dat
         finally:
             for stage in (base, refinement):
                 stage.with_suffix(".moved").rename(stage)
+        # ... and predicts a flat folder of mixed categories, conditioning each image on a predicted category
+        flat = tmp_path / "flat"
+        flat.mkdir()
+        for category in ("brick", "coffee", "paper"):
+            shutil.copy(tmp_path / "data" / category / "test" / "good" / "000.png", flat / f"{category}.png")
+        subprocess.run([
+            sys.executable, "-m", "anomaly_diff", "predict", "--config", str(CONFIGS / f"{dataset}.yaml"), *data,
+            f"--ckpt_path={tmp_path / 'combined' / 'last.ckpt'}", f"--data.init_args.path={flat}",
+            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            "--trainer.logger.init_args.name=flat",
+        ], check=True, cwd=REPO)
         (alone,) = (tmp_path / "runs" / "alone").iterdir()
         assert json.loads((alone / "metrics.json").read_text())["per_category"]
+        (flat_run,) = (tmp_path / "runs" / "flat").iterdir()
+        rows = list(csv.DictReader((flat_run / "predictions.csv").open()))
+        assert len(rows) == 3 and {row["category_source"] for row in rows} == {"predicted"}
+        assert {row["category"] for row in rows} <= set(hparams["categories"])
 
 
 def test_sweep_sweeps_drdc_arguments_on_the_tuning_split_and_its_command_parses(capsys, monkeypatch):
