@@ -11,8 +11,9 @@ in parallel (single-threaded: ``OMP_NUM_THREADS=1``):
     python experiments/drdc_ablation.py report     # -> experiments/results/drdc_{ablation,sensitivity}.{md,json}
 
 Round 1 samples the start of the hidden region and ``t_{n_t}`` (``ROUND_1``) with training seed 0; ``choose``
-scores every round-1 sampling with every post-hoc setting of ``POST_HOC`` (``m``, temporal fusion, ``gamma``), and
-base alone and refinement alone, on seed 0's tuning split, and keeps the highest mean of the four metrics (one seed
+scores every round-1 sampling with every post-hoc setting of ``POST_HOC`` (``m``, heatmap mode, temporal fusion,
+``gamma``), and base alone and refinement alone, on seed 0's tuning split, and keeps the highest mean of the four
+metrics (one seed
 chooses, for the CPU time of the session that made the results; every row of the report then has three). Round 2
 samples, for every seed, the choice, the SDEdit start (the sampler before this study) and the choice with one
 component changed (guidance, a second mask configuration). Round 3 scores the choice on the test split, once per
@@ -63,8 +64,9 @@ ROUND_1 = {
 }
 # Post-hoc settings scored on every round-1 sampling (they reuse its inpaintings).
 POST_HOC = [
-    (m, FusionConfig(temporal=temporal, gamma=gamma))
-    for m, temporal, gamma in itertools.product((5, 9), ("mean", "last"), (4.0, 16.0, 64.0, 256.0))
+    (m, mode, FusionConfig(temporal=temporal, gamma=gamma))
+    for m, mode, temporal, gamma in itertools.product((5, 9), ("residual", "highpass"), ("mean", "last"),
+                                                      (1.0, 4.0, 16.0, 64.0))
 ]
 
 
@@ -132,12 +134,12 @@ def scored(split: str, inpainting: InpaintingConfig, fusion: FusionConfig, seeds
 def choose() -> None:
     candidates = {"base alone": (START, FusionConfig(mode="base"))}
     for name, sampling in ROUND_1.items():
-        for m, fusion in POST_HOC:
-            candidates[f"{name}, m {m}, {fusion.temporal}, gamma {fusion.gamma:g}"] = (
-                replace(sampling, filter_size=m), fusion)
-        for m in (5, 9):
-            candidates[f"{name}, m {m}, refinement alone"] = (replace(sampling, filter_size=m),
-                                                                FusionConfig(mode="refinement"))
+        for m, mode, fusion in POST_HOC:
+            candidates[f"{name}, m {m}, {mode}, {fusion.temporal}, gamma {fusion.gamma:g}"] = (
+                replace(sampling, filter_size=m, heatmap_mode=mode), fusion)
+        for m, mode in itertools.product((5, 9), ("residual", "highpass")):
+            candidates[f"{name}, m {m}, {mode}, refinement alone"] = (
+                replace(sampling, filter_size=m, heatmap_mode=mode), FusionConfig(mode="refinement"))
     results = {}
     for label, (inpainting, fusion) in candidates.items():
         results[label] = scored("tuning", inpainting, fusion, seeds=(0,))
@@ -177,7 +179,9 @@ def report(argv: list[str]) -> None:
     add("temporal: the other one", chosen, replace(fused_mode, temporal="last" if fused_mode.temporal == "mean"
                                                    else "mean"), "timesteps: mean of all vs the last one")
     add("scales: full resolution only", replace(chosen, scales=(1,)), fused_mode, "no 2x down-sampled heatmap")
-    for gamma in (4.0, 16.0, 64.0, 256.0):
+    other_mode = "highpass" if chosen.heatmap_mode == "residual" else "residual"
+    add(f"heatmap: {other_mode}", replace(chosen, heatmap_mode=other_mode), fused_mode, "residual vs its high-pass")
+    for gamma in (1.0, 4.0, 16.0, 64.0):
         if gamma != fused_mode.gamma:
             add(f"gamma {gamma:g}", chosen, replace(fused_mode, gamma=gamma), "weight of the refinement")
     for m in (5, 9):
