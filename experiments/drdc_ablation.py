@@ -10,14 +10,13 @@ in parallel (single-threaded: ``OMP_NUM_THREADS=1``):
     python experiments/drdc_ablation.py sample --seed S --split test --round 3     # the choice, on the test split
     python experiments/drdc_ablation.py report     # -> experiments/results/drdc_{ablation,sensitivity}.{md,json}
 
-Round 1 samples the start of the hidden region and ``t_{n_t}`` (``ROUND_1``) with training seed 0; ``choose``
-scores every round-1 sampling with every post-hoc setting of ``POST_HOC`` (``m``, heatmap mode, temporal fusion,
+Round 1 samples the start of the hidden region and ``t_{n_t}`` (``ROUND_1``) with training seed 0; ``choose`` scores
+every round-1 sampling with every post-hoc setting of ``POST_HOC`` (``m``, heatmap mode, temporal fusion,
 ``gamma``), and base alone and refinement alone, on seed 0's tuning split, and keeps the highest mean of the four
-metrics (one seed
-chooses, for the CPU time of the session that made the results; every row of the report then has three). Round 2
-samples, for every seed, the choice, the SDEdit start (the sampler before this study) and the choice with one
-component changed (guidance, a second mask configuration). Round 3 scores the choice on the test split, once per
-seed.
+metrics (one seed chooses, for the CPU time of the session that made the results; every row of the report then has
+three). Round 2 samples, for every seed, the choice, the SDEdit start (the sampler before this study) and the choice
+with one component changed (guidance, a second mask configuration). Round 3 scores the choice on the test split,
+once per seed.
 """
 
 from __future__ import annotations
