@@ -59,6 +59,8 @@ ROUND_1 = {
     "context, t 50": replace(START, start_timestep=50),
     "context, t 100": START,
     "context, t 200": replace(START, start_timestep=200),
+    "context, t 300": replace(START, start_timestep=300),
+    "context, t 400": replace(START, start_timestep=400),
     "noised input (SDEdit), t 100": replace(START, init="noised_input"),
 }
 # Post-hoc settings scored on every round-1 sampling (they reuse its inpaintings).
