@@ -75,6 +75,7 @@ def round_2(chosen: InpaintingConfig) -> dict[str, InpaintingConfig]:
     """The chosen sampling with one component changed (each a row of the ablation or the sensitivity)."""
     return {
         "the choice": chosen,
+        "start: context (inpainting: a hidden pixel never reaches its regeneration)": replace(chosen, init="context"),
         "start: noised input (SDEdit, leaks the hidden pixels)": replace(chosen, init="noised_input"),
         "guidance w = 1 (class only)": replace(chosen, guidance_scale=1.0),
         "mask configurations: squares 4 and 8": replace(chosen, patch_sizes=(4, 8)),
@@ -197,7 +198,7 @@ def report(argv: list[str]) -> None:
             add(label, config, fused_mode, "one component of the sampling changed")
     for label, config in ROUND_1.items():
         config = replace(config, filter_size=chosen.filter_size)
-        if config not in (chosen, replace(chosen, init="noised_input")):
+        if config not in round_2(chosen).values():
             add(label, config, fused_mode, "round 1: start and t_{n_t}", (0,))
 
     test = {
