@@ -52,7 +52,7 @@ from drdc_common import (
 from anomaly_diff.models.drdc import FusionConfig, InpaintingConfig
 from anomaly_diff.utils.io import atomic_write_text
 
-START = InpaintingConfig()  # the inpainting of configs/drdc/embedded.yaml before this study: context, t 100
+START = InpaintingConfig(init="context", filter_size=9)  # where this study started: context start, t 100, m 9
 
 # Round 1: the start of the hidden region and t_{n_t} (what decides whether the refinement regenerates).
 ROUND_1 = {

@@ -104,7 +104,7 @@ def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dat
                   f"--model.init_args.base_checkpoint={base}", f"--model.init_args.refinement_checkpoint={refinement}")
     hparams = check(run_dir, tmp_path / "combined" / "last.ckpt")
     inpainting = as_settings(InpaintingConfig, hparams["inpainting"])  # a CLI run keeps the config's mapping
-    assert inpainting.num_sets >= 2 and inpainting.init == "context"
+    assert inpainting.num_sets >= 2 and inpainting.init == "noised_input"  # chosen on the tuning split
     assert set(hparams["stages"]) == {"base", "refinement"}
     if dataset == "embedded":  # the combined checkpoint tests on its own once the stage files are gone
         for stage in (base, refinement):
