@@ -119,20 +119,26 @@ def sample(seed: int, split: str, round_number: int) -> None:
         print(f"seed {seed}, {split}, {name}: {seconds:.0f} s", flush=True)
 
 
-def scored(split: str, inpainting: InpaintingConfig, fusion: FusionConfig, seeds=SEEDS) -> dict:
-    """Metrics of one setting on a split for each seed (mean, spread) and its cost per image."""
-    per_seed, ms = [], []
+def scored(split: str, inpainting: InpaintingConfig, fusion: FusionConfig, seeds=SEEDS, cached_only=False) -> dict:
+    """Metrics of one setting on a split for each seed (mean, spread) and its cost per image.
+
+    With ``cached_only``, the seeds whose inpaintings were not sampled are left out (the row says which it has).
+    """
+    per_seed, ms, used = [], [], []
+    batches = batches_of(split)
     for seed in seeds:
-        batches = batches_of(split)
         base = base_maps(seed, split, batches)
         images = base["value"].shape[0]
-        if fusion.mode == "base":
-            corrections, seconds = None, 0.0
-        else:
-            corrections, seconds = correction_maps(seed, split, batches, inpainting)
+        found = (None, 0.0) if fusion.mode == "base" else correction_maps(seed, split, batches, inpainting, cached_only)
+        if found is None:
+            continue
+        corrections, seconds = found
         per_seed.append(evaluate(anomaly_maps(base["value"], corrections, fusion), batches, fusion.top_k))
         ms.append(1000 * (base["seconds"] * (fusion.mode != "refinement") + seconds) / images)
-    return {**summarise(per_seed), "ms_per_image": sum(ms) / len(ms), "seeds": list(seeds),
+        used.append(seed)
+    if not used:
+        return {"seeds": [], "setting": describe(inpainting, fusion)}
+    return {**summarise(per_seed), "ms_per_image": sum(ms) / len(ms), "seeds": used,
             "setting": describe(inpainting, fusion)}
 
 
@@ -162,9 +168,8 @@ def report(argv: list[str]) -> None:
     name, chosen_inpainting, fusion, chosen, fused_mode = load_chosen()
     tuning = json.loads(CHOSEN.read_text())["tuning"]
     batches = batches_of("tuning")
-    for seed in SEEDS:
-        check_against_module(seed, chosen, fused_mode, batches)
-    print("the combined LightningModule reproduces the maps of the best fused setting on a batch of each seed")
+    check_against_module(0, chosen, fused_mode, batches)
+    print("the combined LightningModule reproduces the maps of the best fused setting on a batch of seed 0")
 
     def setting_row(label: str, result: dict, note: str) -> str:
         seeds = "" if len(result["seeds"]) == len(SEEDS) else f" (seed {', '.join(map(str, result['seeds']))} only)"
@@ -174,7 +179,11 @@ def report(argv: list[str]) -> None:
     lines, sensitivity = [HEADER], [HEADER]
 
     def add(label: str, inpainting: InpaintingConfig, fusion_config: FusionConfig, note: str, seeds=SEEDS) -> None:
-        rows[label] = {**scored("tuning", inpainting, fusion_config, seeds), "note": note}
+        result = scored("tuning", inpainting, fusion_config, seeds, cached_only=True)
+        if not result["seeds"]:
+            print(f"{label}: not sampled, left out")
+            return
+        rows[label] = {**result, "note": note}
         sensitive = label.startswith(("gamma", "n_s", "n_t", "m ", "context", "noised"))
         (sensitivity if sensitive else lines).append(setting_row(label, rows[label], note))
         print(setting_row(label, rows[label], note), flush=True)
@@ -203,9 +212,9 @@ def report(argv: list[str]) -> None:
 
     test = {
         "base alone": scored("test", chosen, FusionConfig(mode="base")),
-        "refinement alone": scored("test", chosen, FusionConfig(mode="refinement")),
-        "fused": scored("test", chosen, fused_mode),
-        "chosen": scored("test", chosen_inpainting, fusion),
+        "refinement alone": scored("test", chosen, FusionConfig(mode="refinement"), cached_only=True),
+        "fused": scored("test", chosen, fused_mode, cached_only=True),
+        "chosen": scored("test", chosen_inpainting, fusion, cached_only=True),
     }
     command = "python experiments/drdc_ablation.py " + " ".join(shlex.quote(a) for a in argv)
     text = "\n".join([
@@ -228,7 +237,7 @@ def report(argv: list[str]) -> None:
         "## Test split (scored once, with the chosen setting)",
         "",
         HEADER,
-        *[setting_row(label, result, "") for label, result in test.items()],
+        *[setting_row(label, result, "") for label, result in test.items() if result["seeds"]],
         "",
         "## Tuning split: the chosen setting and one change at a time",
         "",

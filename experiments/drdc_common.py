@@ -87,10 +87,13 @@ def _checkpoint_tag(path: Path) -> str:
     return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def _cached(name: str, key: list, compute) -> dict:
+def _cached(name: str, key: list, compute) -> dict | None:
+    """The stored ``{"value", "seconds", "key"}`` of a key, else ``compute()``'s, stored; ``None`` if ``compute`` is."""
     path = EVIDENCE / "maps" / f"{name}_{_tag(*key)}.pt"
     if path.is_file():
         return torch.load(path, weights_only=False)
+    if compute is None:
+        return None
     start = time.perf_counter()
     value = compute()
     stored = {"value": value, "seconds": time.perf_counter() - start, "key": key}
@@ -119,10 +122,12 @@ def refinement_stage(seed: int, inpainting: InpaintingConfig) -> DRDCRefinement:
     return stage
 
 
-def inpaintings(seed: int, split: str, batches: list[dict], inpainting: InpaintingConfig, patch_size: int) -> dict:
+def inpaintings(seed: int, split: str, batches: list[dict], inpainting: InpaintingConfig, patch_size: int,
+                cached_only: bool = False) -> dict | None:
     """``{"value": (n_t, N, 3, H, W) inpaintings, "seconds": ...}`` of one mask configuration (cached).
 
-    Sampled with ``torch.manual_seed(seed)``, batch by batch, as a test run of the combined model does.
+    Sampled with ``torch.manual_seed(seed)``, batch by batch, as a test run of the combined model does. With
+    ``cached_only``, ``None`` when they were not computed before.
     """
     sampling = {name: getattr(inpainting, name) for name in SAMPLING_FIELDS}
     _, path = stage_paths(seed)
@@ -133,13 +138,19 @@ def inpaintings(seed: int, split: str, batches: list[dict], inpainting: Inpainti
         return torch.cat([stage.model.inpaint(b["image"], stage.class_indices(b["category"]))[0] for b in batches],
                          dim=1)
 
-    return _cached("inpaint", [seed, split, _checkpoint_tag(path), len(batches), sampling, patch_size], compute)
+    key = [seed, split, _checkpoint_tag(path), len(batches), sampling, patch_size]
+    return _cached("inpaint", key, None if cached_only else compute)
 
 
-def correction_maps(seed: int, split: str, batches: list[dict], inpainting: InpaintingConfig) -> tuple[torch.Tensor,
-                                                                                                       float]:
-    """``(N, K, n_t, S, H, W)`` correction heatmaps of a split and the seconds their inpaintings took."""
-    parts = [inpaintings(seed, split, batches, inpainting, size) for size in inpainting.patch_sizes]
+def correction_maps(seed: int, split: str, batches: list[dict], inpainting: InpaintingConfig,
+                    cached_only: bool = False) -> tuple[torch.Tensor, float] | None:
+    """``(N, K, n_t, S, H, W)`` correction heatmaps of a split and the seconds their inpaintings took.
+
+    With ``cached_only``, ``None`` unless every inpainting they need was computed before.
+    """
+    parts = [inpaintings(seed, split, batches, inpainting, size, cached_only) for size in inpainting.patch_sizes]
+    if None in parts:
+        return None
     stage = refinement_stage(seed, inpainting)
     images = torch.cat([batch["image"] for batch in batches])
     maps = stage.model.heatmaps(images, torch.stack([part["value"] for part in parts]))
