@@ -12,7 +12,8 @@ What it adds to a plain LightningCLI:
 - ``model.init_args.categories`` is filled from the datamodule's categories when the config leaves it out
   (from the checkpoint's hyper-parameters when ``--ckpt_path`` is given, so a test on a subset of the
   training categories keeps the model's own class indices).
-- ``fit`` tests the best checkpoint afterwards in the same run directory (``--test_after_fit=false`` turns it off).
+- ``fit`` tests the best checkpoint afterwards in the same run directory (``--test_after_fit=false`` turns it off);
+  a fit with ``max_epochs: 0`` (DRDC's combined model) still writes ``last.ckpt`` of the model it tests.
 - The evaluation callback, the heatmap writer, the test report, the threshold calibration, the prediction writer
   and the checkpointing are always attached and configured from the top-level config keys ``evaluator``,
   ``heatmaps``, ``report``, ``calibration``, ``predictions`` and ``checkpoint``.
@@ -160,10 +161,22 @@ class AnomalyCLI(LightningCLI):
             print(f"Resuming from {found[-1]}", file=sys.stderr)
 
     def after_fit(self) -> None:
-        """Test the best (or last) checkpoint after training unless ``--test_after_fit=false``."""
+        """Save the model of a fit that trained nothing, then test the best (or last) checkpoint.
+
+        A fit with ``max_epochs: 0`` (DRDC's combined model: the stages assembled, nothing trained) writes no
+        checkpoint through ``ModelCheckpoint``; ``last.ckpt`` is written here, so the run keeps the model it tests
+        and the test loads it. ``--test_after_fit=false`` skips the test.
+        """
+        checkpoint = self.trainer.checkpoint_callback
+        trained_nothing = self.trainer.max_epochs == 0 and not self.trainer.interrupted
+        if checkpoint is not None and trained_nothing and not checkpoint.last_model_path and checkpoint.dirpath:
+            checkpoint.last_model_path = str(Path(checkpoint.dirpath) / "last.ckpt")
+            self.trainer.save_checkpoint(checkpoint.last_model_path)
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted:
-            checkpoint = self.trainer.checkpoint_callback
-            ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            if checkpoint is not None and (checkpoint.best_model_path or checkpoint.last_model_path):
+                ckpt_path = "best" if checkpoint.best_model_path else checkpoint.last_model_path
+            else:
+                ckpt_path = None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
         self._print_run_directory()
 

@@ -48,6 +48,17 @@ def test_fit_then_test_writes_checkpoints_metrics_and_heatmaps(tmp_path, tiny_co
         assert results["per_category"][category]["image_AUROC"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_a_fit_that_trains_nothing_keeps_the_model_it_tests(tmp_path, tiny_config):
+    # max_epochs 0 (DRDC's combined model): ModelCheckpoint writes nothing, the CLI writes last.ckpt and tests it.
+    main(["fit", "--config", str(tiny_config), "--trainer.max_epochs=0"])
+    out = run_dir(tmp_path)
+    assert [path.name for path in (out / "checkpoints").iterdir()] == ["last.ckpt"]
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    model = Autoencoder.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 0 and model.categories == ["a", "b"]
+    assert sorted(json.loads((out / "metrics.json").read_text())["per_category"]) == ["a", "b"]
+
+
 def test_test_on_a_subset_keeps_the_checkpoint_categories(tmp_path, tiny_config):
     main(["fit", "--config", str(tiny_config), "--test_after_fit=false"])
     ckpt = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
