@@ -186,8 +186,8 @@ def check_against_module(seed: int, inpainting: InpaintingConfig, fusion: Fusion
     output = model.detect(batch)
     base = DRDCBase.load_from_checkpoint(base_path, map_location="cpu", weights_only=False).eval()
     base = base.model.anomaly_map(batch["image"])
+    stage = refinement_stage(seed, inpainting)  # built before seeding: building draws random numbers
     torch.manual_seed(seed)
-    stage = refinement_stage(seed, inpainting)
     corrections = stage.model.refine(batch["image"], stage.class_indices(batch["category"])).heatmaps
     torch.testing.assert_close(output.base_map, base)
     torch.testing.assert_close(output.anomaly_map, anomaly_maps(base, corrections, fusion), atol=1e-5, rtol=1e-4)
