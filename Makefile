@@ -6,8 +6,6 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/anomaly-diff
 INSTALLED := $(VENV)/.installed
 RUNS_DIR ?= runs
-# The autoencoder (stage 1) of the default run is trained once and cached here.
-EMBEDDED_AE := .cache/autoencoder/embedded
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-fast lint data bench bench-metrics bench-infer bench-memory bench-train sweep clean
@@ -22,15 +20,15 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-run: $(INSTALLED) $(EMBEDDED_AE)/config.json ## DeCo-Diff on the embedded data: train, test, print the metric table
-	$(CLI) fit --config configs/deco_diff/embedded.yaml --trainer.logger.init_args.save_dir=$(RUNS_DIR)
-
-# Stage 1 of the default run (trained once, then reused): the small KL autoencoder DeCo-Diff works in. Its own test
-# (the reconstruction-error baseline) is skipped here; `anomaly-diff fit --config configs/autoencoder/embedded.yaml`
-# runs it.
-$(EMBEDDED_AE)/config.json: | $(INSTALLED)
-	$(CLI) fit --config configs/autoencoder/embedded.yaml --test_after_fit=false \
+run: $(INSTALLED) ## DeCo-Diff on the embedded data: stage-1 autoencoder (reused if made by the same config), train, test
+	$(CLI) fit --config configs/autoencoder/embedded.yaml --reuse_latest=true --test_after_fit=false \
 		--trainer.logger.init_args.save_dir=$(RUNS_DIR)
+	$(CLI) fit --config configs/deco_diff/embedded.yaml --trainer.logger.init_args.save_dir=$(RUNS_DIR) \
+		--model.init_args.autoencoder=$(RUNS_DIR)/autoencoder/embedded/latest/autoencoder
+
+# `make run`'s stage 1 (the small autoencoder DeCo-Diff works in) trains only when runs/autoencoder/embedded/latest
+# was made by another config (it says what changed); its own test (the reconstruction-error baseline) is skipped
+# here: `anomaly-diff fit --config configs/autoencoder/embedded.yaml` runs it.
 
 test: $(INSTALLED) ## Run the whole test suite
 	$(PY) -m pytest -q

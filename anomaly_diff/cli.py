@@ -14,6 +14,10 @@ What it adds to a plain LightningCLI:
   training categories keeps the model's own class indices).
 - ``fit`` tests the best checkpoint afterwards in the same run directory (``--test_after_fit=false`` turns it off);
   a fit with ``max_epochs: 0`` (DRDC's combined model) still writes ``last.ckpt`` of the model it tests.
+- A complete, successful ``fit`` moves the link ``<save_dir>/<name>/latest`` to its run directory and says so; later
+  stages load from it (or from an explicit run directory), never from files a later run overwrites
+  (``anomaly_diff.utils.runs``). ``--reuse_latest=true`` skips a fit whose ``latest`` run was made by the same
+  resolved config (``make run`` reuses its stage-1 autoencoder so) and otherwise says what changed.
 - The evaluation callback, the heatmap writer, the test report, the threshold calibration, the prediction writer
   and the checkpointing are always attached and configured from the top-level config keys ``evaluator``,
   ``heatmaps``, ``report``, ``calibration``, ``predictions`` and ``checkpoint``.
@@ -33,10 +37,12 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from jsonargparse import Namespace
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from anomaly_diff.callbacks.calibration import NormalCalibration
 from anomaly_diff.callbacks.evaluation import Evaluator, InvalidSampleError
@@ -47,6 +53,7 @@ from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRec
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.models.components.category_classifier import NotFittedError
+from anomaly_diff.utils.runs import LATEST, config_changes, point_latest
 
 
 class ConfigError(ValueError):
@@ -90,6 +97,13 @@ class AnomalyCLI(LightningCLI):
         parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
         parser.add_argument(
             "--test_after_fit", type=bool, default=True, help="After `fit`, test the best checkpoint in the same run."
+        )
+        parser.add_argument(
+            "--reuse_latest",
+            type=bool,
+            default=False,
+            help="`fit` only: skip training when <save_dir>/<name>/latest was made by the same resolved config "
+            "(where runs are written aside); otherwise train and say what changed.",
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
@@ -160,13 +174,47 @@ class AnomalyCLI(LightningCLI):
             config.ckpt_path = str(found[-1])
             print(f"Resuming from {found[-1]}", file=sys.stderr)
 
+    def fit(self, model: LightningModule, **kwargs) -> None:
+        """``trainer.fit``, unless ``--reuse_latest`` finds the same run already made.
+
+        LightningCLI calls a CLI method named after the subcommand instead of the trainer's.
+        """
+        self._reused = self._reusable_run() if self.config.fit.get("reuse_latest") else None
+        if self._reused is None:
+            self.trainer.fit(model, **kwargs)
+
+    def _reusable_run(self) -> Path | None:
+        """The run ``latest`` names if its ``config.yaml`` matches this fit's config, saying which or why not."""
+        logger = self.trainer.logger
+        if not isinstance(logger, (CSVLogger, TensorBoardLogger)):
+            raise ConfigError(
+                "--reuse_latest=true needs a CSV or TensorBoard logger as the first logger (its save_dir/name holds "
+                f"the runs to reuse), got {type(logger).__name__}"
+            )
+        latest = Path(logger.root_dir) / LATEST
+        if not (latest / "config.yaml").is_file():
+            print(f"Training: no complete earlier run at {latest}", file=sys.stderr)
+            return None
+        current = yaml.safe_load(self._parser("fit").dump(self.config.fit, skip_none=False))
+        changes = config_changes(yaml.safe_load((latest / "config.yaml").read_text(encoding="utf-8")), current)
+        run = latest.resolve()
+        if changes:
+            shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+            print(f"Training: {latest} ({run.name}) was made by another config: {shown}", file=sys.stderr)
+            return None
+        print(f"Reusing {latest} ({run}): made by the same config; nothing to train", file=sys.stderr)
+        return run
+
     def after_fit(self) -> None:
         """Save the model of a fit that trained nothing, then test the best (or last) checkpoint.
 
         A fit with ``max_epochs: 0`` (DRDC's combined model: the stages assembled, nothing trained) writes no
         checkpoint through ``ModelCheckpoint``; ``last.ckpt`` is written here, so the run keeps the model it tests
-        and the test loads it. ``--test_after_fit=false`` skips the test.
+        and the test loads it. ``--test_after_fit=false`` skips the test. A run that ends here complete becomes
+        ``latest`` (rank zero moves the link). Nothing happens for a reused run.
         """
+        if self._reused is not None:
+            return
         checkpoint = self.trainer.checkpoint_callback
         trained_nothing = self.trainer.max_epochs == 0 and not self.trainer.interrupted
         if checkpoint is not None and trained_nothing and not checkpoint.last_model_path and checkpoint.dirpath:
@@ -178,6 +226,8 @@ class AnomalyCLI(LightningCLI):
             else:
                 ckpt_path = None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        if self.trainer.is_global_zero and not self.trainer.interrupted:
+            print(f"Latest complete run: {point_latest(run_directory(self.trainer))}")
         self._print_run_directory()
 
     def after_test(self) -> None:

@@ -10,6 +10,8 @@ import torch
 import yaml
 from diffusers import AutoencoderKL
 
+from anomaly_diff.models.components.autoencoder import Codec, load_autoencoder
+
 
 def machine(note: str) -> dict:
     """CPU model, cores, torch threads, RAM, platform, 1/5/15-min load averages and a free-text ``note``."""
@@ -28,7 +30,7 @@ def machine(note: str) -> dict:
     }
 
 
-def embedded_autoencoder(root: Path) -> tuple[AutoencoderKL, str]:
+def embedded_autoencoder(root: Path) -> tuple[Codec, str]:
     """The autoencoder ``configs/deco_diff/embedded.yaml`` uses, and where it came from.
 
     The trained one when ``make run`` has exported it; otherwise random weights in the architecture of
@@ -37,7 +39,7 @@ def embedded_autoencoder(root: Path) -> tuple[AutoencoderKL, str]:
     deco = yaml.safe_load((root / "configs/deco_diff/embedded.yaml").read_text())["model"]["init_args"]
     cached = root / deco["autoencoder"]
     if (cached / "config.json").is_file():
-        return AutoencoderKL.from_pretrained(cached), f"loaded from {deco['autoencoder']}"
+        return load_autoencoder(cached), f"loaded from {deco['autoencoder']} = {cached.resolve()}"
     ae = yaml.safe_load((root / "configs/autoencoder/embedded.yaml").read_text())["model"]["init_args"]
     depth = len(ae["block_out_channels"])
     vae = AutoencoderKL(

@@ -9,7 +9,7 @@ runs in float32, see ``LatentCodec``), all in one process so the ratios compare 
   architecture of Stable Diffusion's ``sd-vae-ft-ema``.
 
 Weights are random (timing does not depend on them, and the pretrained VAE cannot be downloaded here); the
-embedded autoencoder is loaded from ``.cache/autoencoder/embedded`` when ``make run`` has written it.
+embedded autoencoder is loaded from ``runs/autoencoder/embedded/latest/autoencoder`` when ``make run`` has written it.
 
     python experiments/bench_infer.py [--repeats 3] [--repeats-batch16 1] [--device cpu]
 Writes experiments/results/bench_infer.json and bench_infer.md.

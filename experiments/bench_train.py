@@ -3,9 +3,9 @@
 One training step = ``DeCoDiff.compute_losses`` (encode or look up the latents, patch corruption, the forward
 diffusion, the UNet, the MSE loss), ``backward`` and an AdamW step, on the model of
 ``configs/deco_diff/embedded.yaml`` (tiny UNet, 128 x 128 input, the config's AdamW settings; no learning-rate
-scheduler, whose step is negligible). The autoencoder is loaded from ``.cache/autoencoder/embedded`` when ``make run``
-has written it, else it has the architecture of ``configs/autoencoder/embedded.yaml`` with random weights (timing
-does not depend on the weights).
+scheduler, whose step is negligible). The autoencoder is loaded from ``runs/autoencoder/embedded/latest/autoencoder``
+when ``make run`` has written it, else it has the architecture of ``configs/autoencoder/embedded.yaml`` with random
+weights (timing does not depend on the weights).
 
 Eight settings: batch 4 and 16, float32 and bfloat16 autocast, latents cached and encoded every step:
 

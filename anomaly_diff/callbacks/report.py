@@ -104,6 +104,11 @@ class TestReport(Callback):
             f"- Model: `{type(pl_module).__name__}`, checkpoint: `{trainer.ckpt_path or 'the weights in memory'}`",
             f"- Test images: {len(scores)} ({sum(label for _, _, label, _ in scores.values())} anomalous) in "
             f"{len({category for _, category, _, _ in scores.values()})} categories",
+            *(
+                f"- Loaded {role}: `{record['path']}`"
+                + (f" = `{record['resolved']}` (sha256 `{record['sha256'][:16]}`)" if record["sha256"] else "")
+                for role, record in getattr(pl_module, "loaded_files", {}).items()
+            ),
             "",
         ]
         if evaluator is not None and evaluator.results is not None:

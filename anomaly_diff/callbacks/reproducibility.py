@@ -2,7 +2,8 @@
 
 - :class:`RunRecord` is the CLI's config saver: besides LightningCLI's ``config.yaml`` (which holds the resolved
   config, ``seed_everything`` included) it writes ``environment.json`` into the run directory: the seed, Python,
-  the platform and the versions of the packages the results depend on.
+  the platform, the versions of the packages the results depend on, and the stage files the model loaded (path as
+  configured, resolved path and content hash: ``loaded``).
 - :class:`RandomStateCheckpoint` stores the global random states (torch, CUDA, NumPy, Python) in every checkpoint
   and restores them when a fit resumes, so a run resumed from the checkpoint of epoch ``k`` draws the same
   shuffles, crops and noise in epoch ``k + 1`` as the run that was not interrupted. (Lightning itself does not
@@ -79,6 +80,7 @@ class RunRecord(SaveConfigCallback):
         seed = self.config.get("seed_everything")
         run_dir = run_directory(trainer)  # not trainer.log_dir: it broadcasts, and only rank zero is here
         record = environment_record(seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+        record["loaded"] = getattr(pl_module, "loaded_files", {})
         atomic_write_text(run_dir / "environment.json", json.dumps(record, indent=2) + "\n")
 
 

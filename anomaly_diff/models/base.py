@@ -88,6 +88,8 @@ class AnomalyModule(LightningModule):
             self.register_buffer(name, torch.full((len(self.categories), *shape), float("nan")))
         self.category_classifier = CategoryClassifier(len(self.categories))
         self._resolved: tuple[tuple, list[str]] | None = None  # the last batch_categories question and answer
+        # The stage files a subclass loaded: role -> anomaly_diff.utils.provenance.loaded_file record.
+        self.loaded_files: dict[str, dict] = {}
 
     @property
     def num_classes(self) -> int:

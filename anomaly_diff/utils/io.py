@@ -1,7 +1,10 @@
-"""Writing result files so that a killed run never leaves a half-written one."""
+"""Writing result files and folders so that a killed run never leaves a half-written one."""
 
 import os
+import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -48,3 +51,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], object]) -> Path | None:
+    """Fill a folder through a temporary sibling and a rename, so a killed write never leaves a half-written one.
+
+    ``write(folder)`` fills a fresh temporary folder next to ``path``, which then takes ``path``'s place. An
+    existing ``path`` is not deleted: it is first renamed to ``<path>.replaced-<time>``, which is returned so the
+    caller can say where the old one stays.
+
+    Args:
+        path: The destination folder; its parent is created if missing.
+        write: Writes the folder's content into the folder it is given, e.g. a model's ``save_pretrained``.
+
+    Returns:
+        Where the folder that was replaced now lies, or ``None`` if there was none.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the permissions mkdir would
+        write(temporary)
+        kept = None
+        if path.exists():
+            kept = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            os.replace(path, kept)
+        os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return kept

@@ -16,6 +16,7 @@ from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import gaussian_blur, image_score
 from anomaly_diff.models.components.backbone import DEFAULT_WEIGHTS
 from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
+from anomaly_diff.utils.io import atomic_write_dir
 
 
 class Autoencoder(AnomalyModule):
@@ -48,7 +49,9 @@ class Autoencoder(AnomalyModule):
         norm_num_groups: Groups of the group norms; must divide every entry of ``block_out_channels``.
         kl_weight: Weight of the KL term. Defaults to 1e-6 (latent-diffusion autoencoders use a tiny one).
         export_dir: Where ``save_pretrained`` writes the trained autoencoder at the end of ``fit``;
-            ``None`` writes ``<run dir>/autoencoder``.
+            ``None`` (the configs' choice) writes ``<run dir>/autoencoder``, which later stages load through
+            ``<save_dir>/<name>/latest/autoencoder``. The folder is written whole or not at all; one already there
+            is kept as ``<export_dir>.replaced-<time>``.
         blur_sigma: Gaussian blur of the baseline anomaly map, in pixels.
         train_crop_size: Train on random square crops of this side (the network is fully convolutional, so it
             still encodes whole images); ``None`` trains on whole images. Crops cut the CPU cost of a step by
@@ -188,5 +191,6 @@ class Autoencoder(AnomalyModule):
         self.train(was_training)
         # run_directory, not trainer.log_dir: that broadcasts, and only rank zero is here (a hang under DDP)
         target = Path(self.export_dir) if self.export_dir else run_directory(self.trainer) / "autoencoder"
-        self.vae.save_pretrained(target)
-        print(f"Autoencoder exported to {target} (scaling_factor={self.vae.config.scaling_factor:.5f})")
+        replaced = atomic_write_dir(target, self.vae.save_pretrained)
+        print(f"Autoencoder exported to {target} (scaling_factor={self.vae.config.scaling_factor:.5f})"
+              + (f"; the autoencoder it replaces stays in {replaced}" if replaced else ""))

@@ -18,6 +18,7 @@ from anomaly_diff.models.components.autoencoder import LatentCodec
 from anomaly_diff.models.components.sample_cache import SampleCache
 from anomaly_diff.models.deco_diff.reference_checkpoint import load_reference_checkpoint
 from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig, DeCoDiffModel, DeCoDiffOutput, UNetPreset
+from anomaly_diff.utils.provenance import loaded_file
 
 
 class DeCoDiff(AnomalyModule):
@@ -97,6 +98,8 @@ class DeCoDiff(AnomalyModule):
             raise ValueError(f"model.ema_decay must lie in (0, 1) or be null, got {ema_decay}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         codec = LatentCodec(autoencoder)
+        if isinstance(autoencoder, str):  # a folder or hub id (tests may pass a module)
+            self.loaded_files["autoencoder"] = loaded_file("autoencoder", autoencoder, "DeCoDiff")
         self.model = DeCoDiffModel(
             codec,
             num_classes=self.num_classes,
@@ -109,6 +112,8 @@ class DeCoDiff(AnomalyModule):
         )
         if reference_checkpoint is not None:
             load_reference_checkpoint(reference_checkpoint, self.model, self.categories, reference_classes)
+            self.loaded_files["reference_checkpoint"] = loaded_file("reference_checkpoint", reference_checkpoint,
+                                                                    "DeCoDiff")
         self.patch_sizes = tuple(patch_sizes)
         self.patch_size_probs = tuple(patch_size_probs)
         self.max_mask_ratio = max_mask_ratio

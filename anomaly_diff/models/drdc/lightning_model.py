@@ -21,14 +21,17 @@ from anomaly_diff.models.drdc.fusion import FusionConfig
 from anomaly_diff.models.drdc.lightning_base import DRDCBase
 from anomaly_diff.models.drdc.lightning_refinement import DRDCRefinement
 from anomaly_diff.models.drdc.torch_model import DRDCModel, DRDCOutput, InpaintingConfig
+from anomaly_diff.utils.provenance import loaded_file
 from anomaly_diff.utils.settings import as_settings
 
 # Stage hyper-parameters that only concern the stage's own test, not the architecture DRDC rebuilds.
 _STAGE_TEST_SETTINGS = ("inpainting", "temporal", "top_k")
 
 
-def _load_stage(kind: type[AnomalyModule], key: str, path: str) -> tuple[AnomalyModule, dict]:
-    """A stage module with its checkpoint's weights, and the constructor arguments that rebuild its architecture.
+def _load_stage(kind: type[AnomalyModule], key: str, path: str) -> tuple[AnomalyModule, dict, dict]:
+    """A stage module with its checkpoint's weights, its architecture's constructor arguments, and its provenance.
+
+    The provenance is :func:`~anomaly_diff.utils.provenance.loaded_file`'s record of the file.
 
     The arguments are read from the file, not from the loaded module's ``hparams``: inside a LightningCLI
     instantiation a nested module's ``save_hyperparameters`` records the outer model's arguments instead.
@@ -40,13 +43,14 @@ def _load_stage(kind: type[AnomalyModule], key: str, path: str) -> tuple[Anomaly
             f"model.{key}={path!r} does not exist: train the stage first (anomaly-diff fit --config "
             f"configs/drdc/{stage_config}/<dataset>.yaml) and point {key} at its checkpoint"
         )
+    record = loaded_file(key, path, "DRDC")
     # Our own Lightning checkpoints: their hyper-parameters hold plain Python objects, not only tensors.
     checkpoint = torch.load(file, map_location="cpu", weights_only=False)
     architecture = _architecture(checkpoint["hyper_parameters"])
     stage = kind(**architecture)
     stage.on_load_checkpoint(checkpoint)
     stage.load_state_dict(checkpoint["state_dict"])
-    return stage, architecture
+    return stage, architecture, record
 
 
 def _architecture(hparams: dict) -> dict:
@@ -95,9 +99,12 @@ class DRDC(AnomalyModule):
     ) -> None:
         inpainting = as_settings(InpaintingConfig, inpainting)
         fusion = as_settings(FusionConfig, fusion)
+        loaded = {}
         if stages is None:
-            base, base_architecture = _load_stage(DRDCBase, "base_checkpoint", base_checkpoint)
-            refinement, refinement_architecture = _load_stage(
+            base, base_architecture, loaded["base_checkpoint"] = _load_stage(
+                DRDCBase, "base_checkpoint", base_checkpoint
+            )
+            refinement, refinement_architecture, loaded["refinement_checkpoint"] = _load_stage(
                 DRDCRefinement, "refinement_checkpoint", refinement_checkpoint
             )
             stages = {"base": base_architecture, "refinement": refinement_architecture}
@@ -116,6 +123,7 @@ class DRDC(AnomalyModule):
         super().__init__(refinement.categories, optimizer, scheduler, category_source)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams["stages"] = stages
+        self.loaded_files.update(loaded)
         # The base stage's category predictor (fitted on its training normals); fit refits it on the data.
         self.category_classifier.load_state_dict(base.category_classifier.state_dict())
         refinement.model.inpainting = inpainting
