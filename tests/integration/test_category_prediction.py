@@ -21,6 +21,7 @@ from anomaly_diff.models.deco_diff import DeCoDiff
 from tests.helpers.configs import write_tiny_config
 from tests.helpers.data import write_mvtec_ad
 from tests.helpers.models import save_tiny_autoencoder
+from tests.helpers.runs import run_dirs
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +38,12 @@ def trained(tmp_path_factory):
     config = write_tiny_config(tmp / "tiny.yaml", root, model=model, data={"val_fraction": 0.25},
                                heatmaps={"per_category": 0}, report={"examples": 0})
     main(["fit", "--config", str(config)])
-    (run,) = (tmp / "runs" / "tiny").iterdir()
+    (run,) = run_dirs(tmp / "runs" / "tiny")
     return config, root, run
 
 
 def newest_run(save_dir):
-    return max((save_dir / "tiny").iterdir(), key=lambda path: path.stat().st_mtime)
+    return max(run_dirs(save_dir / "tiny"), key=lambda path: path.stat().st_mtime)
 
 
 def test_predict_on_a_flat_mixed_folder_finds_every_category(trained, tmp_path):

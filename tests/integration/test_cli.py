@@ -14,12 +14,13 @@ from sklearn.metrics import roc_auc_score
 from anomaly_diff.cli import main
 from anomaly_diff.data import MVTecAD
 from anomaly_diff.models.autoencoder import Autoencoder
+from tests.helpers.runs import run_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_dir(tmp_path: Path) -> Path:
-    (version,) = (tmp_path / "runs" / "tiny").iterdir()
+    (version,) = run_dirs(tmp_path / "runs" / "tiny")
     return version
 
 
@@ -63,7 +64,7 @@ def test_test_on_a_subset_keeps_the_checkpoint_categories(tmp_path, tiny_config)
     main(["fit", "--config", str(tiny_config), "--test_after_fit=false"])
     ckpt = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
     main(["test", "--config", str(tiny_config), "--ckpt_path", str(ckpt), "--data.init_args.categories=[b]"])
-    newest = max((tmp_path / "runs" / "tiny").iterdir(), key=lambda p: p.stat().st_mtime)
+    newest = max(run_dirs(tmp_path / "runs" / "tiny"), key=lambda p: p.stat().st_mtime)
     results = json.loads((newest / "metrics.json").read_text())
     assert list(results["per_category"]) == ["b"]
     saved = yaml.safe_load((newest / "config.yaml").read_text())

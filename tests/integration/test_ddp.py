@@ -27,6 +27,7 @@ from anomaly_diff.models.autoencoder import Autoencoder
 from anomaly_diff.models.base import CALIBRATION_BUFFERS
 from tests.helpers.data import write_mvtec_ad
 from tests.helpers.models import save_tiny_autoencoder
+from tests.helpers.runs import run_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,12 +62,12 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
 
     cli("fit", "--config", str(path), "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
         f"--checkpoint.dirpath={tmp_path / 'checkpoints'}")
-    (ddp_run,) = (tmp_path / "runs" / "tiny").iterdir()
+    (ddp_run,) = run_dirs(tmp_path / "runs" / "tiny")
     (best,) = (tmp_path / "checkpoints").glob("epoch*.ckpt")  # the checkpoint the fit's test loaded
     assert torch.load(best, map_location="cpu", weights_only=False)["global_step"] == 1
 
     cli("test", "--config", str(path), "--ckpt_path", str(best), "--trainer.devices=1")
-    single_run = max((tmp_path / "runs" / "tiny").iterdir(), key=lambda p: p.stat().st_mtime)
+    single_run = max(run_dirs(tmp_path / "runs" / "tiny"), key=lambda p: p.stat().st_mtime)
     assert single_run != ddp_run
 
     ddp = json.loads((ddp_run / "metrics.json").read_text())
@@ -96,7 +97,7 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
         cli("predict", "--config", str(path), "--ckpt_path", str(best), f"--trainer.devices={devices}",
             *(["--trainer.strategy=ddp"] if devices > 1 else []), f"--data.path={root / 'a' / 'test'}",
             "--data.categories=[a]", f"--trainer.logger.init_args.save_dir={out}")
-        (run,) = (out / "tiny").iterdir()
+        (run,) = run_dirs(out / "tiny")
         outputs[devices] = (run / "predictions.csv").read_text()
     assert outputs[2] == outputs[1] and len(outputs[1].splitlines()) == 1 + 3
 
@@ -112,7 +113,7 @@ def test_bf16_mixed_training_step_of_deco_diff_has_a_finite_loss(tmp_path):
         "--trainer.precision=bf16-mixed", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
         "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
         "--test_after_fit=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}")
-    (run_dir,) = (tmp_path / "runs" / "deco_diff" / "embedded").iterdir()
+    (run_dir,) = run_dirs(tmp_path / "runs" / "deco_diff" / "embedded")
     rows = [row for row in csv.DictReader((run_dir / "metrics.csv").open()) if row.get("train/loss")]
     assert len(rows) == 1 and math.isfinite(float(rows[0]["train/loss"]))
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

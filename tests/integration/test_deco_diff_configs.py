@@ -16,6 +16,7 @@ from anomaly_diff.cli import main
 from anomaly_diff.diffusion.schedule import resolve_chain
 from tests.helpers.data import write_btad, write_mvtec_ad, write_visa_raw
 from tests.helpers.models import save_tiny_autoencoder
+from tests.helpers.runs import run_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 WRITERS = {"mvtec": write_mvtec_ad, "visa": write_visa_raw, "btad": write_btad}
@@ -49,7 +50,7 @@ def test_paper_config_trains_a_step_and_tests_a_batch(dataset, tmp_path, autoenc
             f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
         ]
     )
-    (run,) = (tmp_path / "runs" / "deco_diff" / dataset).iterdir()
+    (run,) = run_dirs(tmp_path / "runs" / "deco_diff" / dataset)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["init_args"]["patch_sizes"] == [1, 2, 4, 8, 16]
     assert saved["data"]["init_args"]["crop_size"] == 256

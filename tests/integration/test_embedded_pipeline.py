@@ -15,6 +15,7 @@ from anomaly_diff.models.components.autoencoder import LatentCodec
 from anomaly_diff.models.components.backbone import FeatureExtractor
 from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
 from anomaly_diff.utils.provenance import content_hash
+from tests.helpers.runs import run_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_DATA = ["--data.init_args.categories=[brick,paper]", "--data.init_args.generated_size=64",
@@ -45,7 +46,7 @@ def test_embedded_stages_chain_through_the_latest_autoencoder_run(tmp_path):
     main(["fit", "--config", str(REPO / "configs/deco_diff/embedded.yaml"), f"--data.init_args.root={tmp_path}/e",
           *TINY_DATA, "--trainer.max_steps=2", f"--model.init_args.autoencoder={runs / 'latest' / 'autoencoder'}",
           "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
-    (run,) = (p for p in (tmp_path / "runs" / "deco_diff" / "embedded").iterdir() if p.name != "latest")
+    (run,) = run_dirs(tmp_path / "runs" / "deco_diff" / "embedded")
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["init_args"]["timesteps"] == [4, 2, 0]
     assert saved["model"]["init_args"]["anomaly_map"]["fusion"] == "arithmetic"

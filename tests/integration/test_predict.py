@@ -20,6 +20,7 @@ from anomaly_diff.data import MVTecAD
 from anomaly_diff.models.autoencoder import Autoencoder
 from tests.helpers.configs import TINY_AUTOENCODER, write_tiny_config
 from tests.helpers.data import write_mvtec_ad
+from tests.helpers.runs import run_dirs
 
 DATA = {"image_size": 36, "crop_size": 32, "batch_size": 2, "val_fraction": 0.34}
 
@@ -35,7 +36,7 @@ def trained(tmp_path_factory):
         report={"examples": 2}, calibration={"quantile": 0.75},
     )
     main(["fit", "--config", str(config)])
-    (run,) = (tmp / "runs" / "tiny").iterdir()
+    (run,) = run_dirs(tmp / "runs" / "tiny")
     return config, root, run
 
 
@@ -114,7 +115,7 @@ def test_predict_on_a_folder_writes_scores_decisions_and_overlays(trained, model
     out = tmp_path / "out"
     main(["predict", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
           f"--data.path={incoming}", f"--trainer.logger.init_args.save_dir={out}"])
-    (predict_run,) = (out / "tiny").iterdir()
+    (predict_run,) = run_dirs(out / "tiny")
     rows = list(csv.DictReader((predict_run / "predictions.csv").open()))
     dataset = MVTecAD(str(root), **DATA, path=str(incoming))
     dataset.setup("predict")
@@ -131,7 +132,7 @@ def test_predict_on_a_folder_writes_scores_decisions_and_overlays(trained, model
     # One threshold for all categories instead of the calibrated ones.
     main(["predict", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
           f"--data.path={incoming}", f"--trainer.logger.init_args.save_dir={out}", "--predictions.threshold=1e9"])
-    newest = max((out / "tiny").iterdir(), key=lambda p: p.stat().st_mtime)
+    newest = max(run_dirs(out / "tiny"), key=lambda p: p.stat().st_mtime)
     rows = list(csv.DictReader((newest / "predictions.csv").open()))
     assert {(row["threshold"], row["anomalous"]) for row in rows} == {("1000000000.0", "False")}
 

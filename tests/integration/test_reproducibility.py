@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from tests.helpers.data import write_mvtec_ad
+from tests.helpers.runs import run_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,7 +77,7 @@ def _cli(*args: str) -> None:
 
 
 def _newest_run(tmp_path: Path) -> Path:
-    return max((tmp_path / "runs" / "tiny").iterdir(), key=lambda path: int(path.name.split("_")[1]))
+    return max(run_dirs(tmp_path / "runs" / "tiny"), key=lambda path: int(path.name.split("_")[1]))
 
 
 def test_same_seed_gives_identical_metrics_and_the_run_records_seed_and_versions(tmp_path, data_root):

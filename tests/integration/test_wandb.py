@@ -15,6 +15,7 @@ import pytest
 from anomaly_diff.loggers import WandbLogger, wandb_is_set_up
 from tests.helpers.configs import TINY_AUTOENCODER, write_tiny_config
 from tests.helpers.data import write_mvtec_ad
+from tests.helpers.runs import run_dirs
 from tests.helpers.wandb_runs import offline_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,9 +60,9 @@ def test_logger_file_logs_metrics_config_table_and_heatmaps_offline(tmp_path, ti
     assert table["columns"][0] == "category" and [row[0] for row in table["data"]] == ["a", "mean"]
 
     if form == "+=":  # the CSV logger stays first: the run directory is unchanged
-        (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+        (run_dir,) = run_dirs(tmp_path / "runs" / "tiny")
     else:  # alone: the W&B logger's own run directory <WANDB_DIR>/<project>/<run id>
-        (run_dir,) = (wandb_dir / "anomaly-diff").iterdir()
+        (run_dir,) = run_dirs(wandb_dir / "anomaly-diff")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert table["data"][0][table["columns"].index("image_AUROC")] == pytest.approx(
         metrics["per_category"]["a"]["image_AUROC"])

@@ -18,6 +18,7 @@ import yaml
 
 from anomaly_diff.cli import main
 from anomaly_diff.models.drdc import FusionConfig, InpaintingConfig
+from anomaly_diff.utils.provenance import content_hash
 from anomaly_diff.utils.settings import as_settings
 from tests.helpers.data import write_btad, write_mvtec_ad, write_visa_raw
 
@@ -42,40 +43,46 @@ def data_overrides(dataset: str, root: Path) -> list[str]:
     return overrides
 
 
-def run(config: Path, tmp_path: Path, name: str, data: list[str], *extra: str) -> Path:
-    """``fit`` one step then test one batch through the command line, in its own process; returns the run directory.
+def run(config: Path, tmp_path: Path, name: str, data: list[str], *extra: str) -> tuple[Path, str]:
+    """``fit`` one step then test one batch through the command line, in its own process started in ``tmp_path``.
 
-    A fresh process per run: inside the full suite the in-process runs evaluated the whole test set despite
-    ``limit_test_batches=1`` (an order-dependent leak still to be found; alone they pass either way).
+    The configs' relative run paths (``runs/<name>``, the stage checkpoints the combined config loads through
+    ``runs/drdc/<stage>/<dataset>/latest``) land in ``tmp_path``. A fresh process per run: inside the full suite the
+    in-process runs evaluated the whole test set despite ``limit_test_batches=1`` (an order-dependent leak still to
+    be found; alone they pass either way). Returns the new run directory (``latest`` after the fit) and stderr.
     """
-    subprocess.run([
+    result = subprocess.run([
         sys.executable, "-m", "anomaly_diff", "fit", "--config", str(config), *data, *extra,
         "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
         "--trainer.limit_val_batches=0", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        f"--trainer.logger.init_args.name={name}", f"--checkpoint.dirpath={tmp_path / name}",
-    ], check=True, cwd=REPO)
-    (run_dir,) = (tmp_path / "runs" / name).iterdir()
-    return run_dir
+        "--trainer.enable_model_summary=false", "--trainer.logger.init_args.save_dir=runs",
+    ], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, f"{config} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return (tmp_path / "runs" / name / "latest").resolve(), result.stderr
 
 
-def check(run_dir: Path, checkpoint: Path) -> dict:
-    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 1
+def check(run_dir: Path) -> dict:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 1
     results = json.loads((run_dir / "metrics.json").read_text())
     assert len(results["per_category"]) == 1  # one test batch of one image
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
+    return checkpoint["hyper_parameters"]
 
 
 @pytest.fixture(scope="module")
 def stage_runs(tmp_path_factory):
-    """Both stage configs of every data set, each trained one step; their run dirs and checkpoints."""
+    """Both stage configs of every data set, each trained one step in its own run; the embedded base twice."""
     runs = {}
     for dataset in DATASETS:
         tmp_path = tmp_path_factory.mktemp(dataset)
         data = data_overrides(dataset, tmp_path / "data")
         for stage in ("base", "refinement"):
-            run_dir = run(CONFIGS / stage / f"{dataset}.yaml", tmp_path, stage, data)
-            runs[dataset, stage] = (run_dir, tmp_path / stage / "last.ckpt")
+            config = CONFIGS / stage / f"{dataset}.yaml"
+            runs[dataset, stage], _ = run(config, tmp_path, f"drdc/{stage}/{dataset}", data)
+        if dataset == "embedded":  # a second base run: the combined config must load it, and leave the first alone
+            first = runs[dataset, "base"]
+            runs[dataset, "first base"] = first, content_hash(first / "checkpoints" / "last.ckpt")
+            runs[dataset, "base"], _ = run(CONFIGS / "base" / f"{dataset}.yaml", tmp_path, f"drdc/base/{dataset}", data)
         runs[dataset, "data"] = (tmp_path, data)
     return runs
 
@@ -83,14 +90,14 @@ def stage_runs(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_base_config_trains_one_step_and_tests_one_batch(stage_runs, dataset):
-    hparams = check(*stage_runs[dataset, "base"])
+    hparams = check(stage_runs[dataset, "base"])
     assert hparams["backbone"] == "tf_efficientnet_lite0"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_refinement_config_trains_one_step_and_tests_one_batch(stage_runs, dataset):
-    hparams = check(*stage_runs[dataset, "refinement"])
+    hparams = check(stage_runs[dataset, "refinement"])
     assert hparams["num_train_timesteps"] == 1000
 
 
@@ -98,27 +105,38 @@ def test_refinement_config_trains_one_step_and_tests_one_batch(stage_runs, datas
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dataset):
     tmp_path, data = stage_runs[dataset, "data"]
-    _, base = stage_runs[dataset, "base"]
-    _, refinement = stage_runs[dataset, "refinement"]
-    run_dir = run(CONFIGS / f"{dataset}.yaml", tmp_path, "combined", data,
-                  f"--model.init_args.base_checkpoint={base}", f"--model.init_args.refinement_checkpoint={refinement}")
-    hparams = check(run_dir, tmp_path / "combined" / "last.ckpt")
+    base, refinement = stage_runs[dataset, "base"], stage_runs[dataset, "refinement"]
+    run_dir, stderr = run(CONFIGS / f"{dataset}.yaml", tmp_path, f"drdc/{dataset}", data)  # the config's stage paths
+    hparams = check(run_dir)
     inpainting = as_settings(InpaintingConfig, hparams["inpainting"])  # a CLI run keeps the config's mapping
     assert inpainting.num_sets >= 2 and inpainting.init == "noised_input"  # chosen on the tuning split
     assert set(hparams["stages"]) == {"base", "refinement"}
-    if dataset == "embedded":  # the combined checkpoint tests on its own once the stage files are gone
-        for stage in (base, refinement):
+    # it loaded the latest complete run of each stage, says which file that was, and records it with its hash
+    loaded = json.loads((run_dir / "environment.json").read_text())["loaded"]
+    for key, stage in (("base_checkpoint", base), ("refinement_checkpoint", refinement)):
+        file = stage / "checkpoints" / "last.ckpt"
+        assert loaded[key] == {"path": str(Path("runs") / stage.relative_to(tmp_path / "runs").parent / "latest"
+                                            / "checkpoints" / "last.ckpt"),
+                               "resolved": str(file), "sha256": content_hash(file)}
+        assert f"{key} from {loaded[key]['path']} = {file}" in stderr
+    if dataset == "embedded":
+        # the second base run is the one loaded; the first run's checkpoint is untouched, in its own run
+        assert base.name == "version_1"
+        first, first_hash = stage_runs[dataset, "first base"]
+        assert first.name == "version_0" and content_hash(first / "checkpoints" / "last.ckpt") == first_hash
+        # the combined checkpoint tests on its own once the stage files are gone
+        stage_files = [stage / "checkpoints" / "last.ckpt" for stage in (base, refinement)]
+        for stage in stage_files:
             stage.rename(stage.with_suffix(".moved"))
         try:
             subprocess.run([
                 sys.executable, "-m", "anomaly_diff", "test", "--config", str(CONFIGS / f"{dataset}.yaml"), *data,
-                f"--model.init_args.base_checkpoint={base}", f"--model.init_args.refinement_checkpoint={refinement}",
-                f"--ckpt_path={tmp_path / 'combined' / 'last.ckpt'}", "--trainer.limit_test_batches=1",
-                "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+                f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "--trainer.limit_test_batches=1",
+                "--trainer.enable_progress_bar=false", "--trainer.logger.init_args.save_dir=runs",
                 "--trainer.logger.init_args.name=alone",
-            ], check=True, cwd=REPO)
+            ], check=True, cwd=tmp_path)
         finally:
-            for stage in (base, refinement):
+            for stage in stage_files:
                 stage.with_suffix(".moved").rename(stage)
         # ... and predicts a flat folder of mixed categories, conditioning each image on a predicted category
         flat = tmp_path / "flat"
@@ -127,10 +145,10 @@ def test_combined_config_fine_tunes_one_step_and_tests_one_batch(stage_runs, dat
             shutil.copy(tmp_path / "data" / category / "test" / "good" / "000.png", flat / f"{category}.png")
         subprocess.run([
             sys.executable, "-m", "anomaly_diff", "predict", "--config", str(CONFIGS / f"{dataset}.yaml"), *data,
-            f"--ckpt_path={tmp_path / 'combined' / 'last.ckpt'}", f"--data.init_args.path={flat}",
-            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            f"--ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"--data.init_args.path={flat}",
+            "--trainer.enable_progress_bar=false", "--trainer.logger.init_args.save_dir=runs",
             "--trainer.logger.init_args.name=flat",
-        ], check=True, cwd=REPO)
+        ], check=True, cwd=tmp_path)
         (alone,) = (tmp_path / "runs" / "alone").iterdir()
         assert json.loads((alone / "metrics.json").read_text())["per_category"]
         (flat_run,) = (tmp_path / "runs" / "flat").iterdir()
