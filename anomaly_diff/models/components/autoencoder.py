@@ -53,6 +53,24 @@ def load_autoencoder(source: str | Path) -> Codec:
                                 + _OFFLINE_HELP) from error
 
 
+def autoencoder_architecture(vae: Codec) -> dict:
+    """The autoencoder's diffusers config with its class name, as plain values: what rebuilds it without weights."""
+    config = {key: list(value) if isinstance(value, tuple) else value for key, value in vae.config.items()
+              if not key.startswith("_")}
+    return {"_class_name": type(vae).__name__, **config}
+
+
+def autoencoder_from_architecture(architecture: dict) -> Codec:
+    """An autoencoder of that architecture (:func:`autoencoder_architecture`) whose weights a state dict fills.
+
+    Nothing is downloaded or read from disk, so a checkpoint that holds the architecture and the weights loads
+    anywhere.
+    """
+    config = {key: value for key, value in architecture.items() if key != "_class_name"}
+    feature = architecture.get("_class_name") == FeatureAutoencoder.__name__
+    return (FeatureAutoencoder if feature else AutoencoderKL).from_config(config).eval()
+
+
 class LatentCodec(nn.Module):
     """A frozen autoencoder that maps images in ``[0, 1]`` to scaled latents and back.
 

@@ -14,7 +14,11 @@ from anomaly_diff.diffusion.deviation import corrupt, deviation_target
 from anomaly_diff.diffusion.masks import sample_patch_corruption
 from anomaly_diff.diffusion.schedule import resolve_chain
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
-from anomaly_diff.models.components.autoencoder import LatentCodec
+from anomaly_diff.models.components.autoencoder import (
+    LatentCodec,
+    autoencoder_architecture,
+    autoencoder_from_architecture,
+)
 from anomaly_diff.models.components.sample_cache import SampleCache
 from anomaly_diff.models.deco_diff.reference_checkpoint import load_reference_checkpoint
 from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig, DeCoDiffModel, DeCoDiffOutput, UNetPreset
@@ -33,7 +37,8 @@ class DeCoDiff(AnomalyModule):
     Args:
         categories: Category names (filled from the data by the CLI).
         autoencoder: The frozen KL autoencoder: a hub id (``"stabilityai/sd-vae-ft-ema"``, the reference's) or a
-            local ``save_pretrained`` folder, e.g. the one ``configs/autoencoder/<dataset>.yaml`` exports.
+            local ``save_pretrained`` folder, e.g. the one ``configs/autoencoder/<dataset>.yaml`` exports. Read
+            only when ``autoencoder_config`` is not given.
         unet: UNet preset (``"tiny"``, ``"XS"``, ``"S"``, ``"M"``, ``"L"``, ``"XL"``) or a :class:`UNetPreset`.
             Defaults to ``"L"`` (the released weights).
         num_train_timesteps: Diffusion timesteps T. Defaults to ``10``.
@@ -63,6 +68,9 @@ class DeCoDiff(AnomalyModule):
         category_source: Test-time conditioning: ``"given"`` (each image's category from the data, predicted where
             the data has none, e.g. a flat folder to predict) or ``"predicted"`` (always the category classifier's
             prediction; see :class:`~anomaly_diff.models.base.AnomalyModule`). Training always uses the given ones.
+        autoencoder_config: The autoencoder's architecture: filled from ``autoencoder`` when the model is first
+            built and saved in its checkpoint, whose state dict holds the weights, so a checkpoint loads without the
+            autoencoder folder or the hub; not set by hand.
         optimizer: Optimiser factory. Defaults to AdamW(lr=1e-4, weight_decay=1e-4).
         scheduler: Optional learning-rate scheduler factory, e.g.
             :class:`~anomaly_diff.models.components.lr_schedulers.WarmupCosineLR`.
@@ -87,6 +95,7 @@ class DeCoDiff(AnomalyModule):
         reference_classes: Sequence[str] | None = None,
         ema_decay: float | None = None,
         category_source: Literal["given", "predicted"] = "given",
+        autoencoder_config: dict | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -97,9 +106,13 @@ class DeCoDiff(AnomalyModule):
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"model.ema_decay must lie in (0, 1) or be null, got {ema_decay}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        codec = LatentCodec(autoencoder)
-        if isinstance(autoencoder, str):  # a folder or hub id (tests may pass a module)
-            self.loaded_files["autoencoder"] = loaded_file("autoencoder", autoencoder, "DeCoDiff")
+        if autoencoder_config is not None:  # from a DeCoDiff checkpoint: the architecture; weights from its state
+            codec = LatentCodec(autoencoder_from_architecture(autoencoder_config))
+        else:
+            codec = LatentCodec(autoencoder)
+            if isinstance(autoencoder, str):  # a folder or hub id (tests may pass a module)
+                self.loaded_files["autoencoder"] = loaded_file("autoencoder", autoencoder, "DeCoDiff")
+            self.hparams["autoencoder_config"] = autoencoder_architecture(codec.vae)
         self.model = DeCoDiffModel(
             codec,
             num_classes=self.num_classes,

@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -6,6 +8,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.diffusion.deviation import corrupt, deviation_target
 from anomaly_diff.diffusion.masks import sample_patch_corruption
+from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
 from anomaly_diff.models.deco_diff import DeCoDiff
 from anomaly_diff.models.deco_diff.torch_model import DeCoDiffOutput
 
@@ -69,6 +72,33 @@ def test_checkpoint_round_trip_gives_identical_maps(tiny_autoencoder_dir, tmp_pa
     assert torch.equal(first["anomaly_map"], second["anomaly_map"])
     assert torch.equal(first["pred_score"], second["pred_score"])
     assert restored.categories == CATEGORIES and restored.model.timesteps == [8, 4, 0]
+
+
+@pytest.mark.parametrize("kind", ["kl", "feature"])
+def test_checkpoint_loads_without_the_autoencoder_folder(kind, tiny_autoencoder_dir, tmp_path, make_batch):
+    """The checkpoint holds the autoencoder's architecture and weights: folder deleted, file moved, same maps."""
+    folder = tmp_path / "autoencoder"
+    if kind == "kl":
+        shutil.copytree(tiny_autoencoder_dir, folder)
+    else:
+        torch.manual_seed(1)
+        feature_autoencoder = FeatureAutoencoder(latent_channels=4, block_out_channels=(8, 8, 8, 8), norm_num_groups=4)
+        feature_autoencoder.save_pretrained(folder)
+    model = make_model(folder)
+    trainer = fit(model, tmp_path, make_batch)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    shutil.rmtree(folder)
+    moved = tmp_path / "elsewhere" / "model.ckpt"
+    moved.parent.mkdir()
+    (tmp_path / "model.ckpt").rename(moved)
+    restored = DeCoDiff.load_from_checkpoint(moved).eval()
+    assert type(restored.model.codec.vae) is type(model.model.codec.vae)
+    assert restored.loaded_files == {}  # nothing was read but the checkpoint
+    model.eval()
+    batch = make_batch(["brick", "coffee"], seed=5)
+    first, second = model.predict_anomaly(batch), restored.predict_anomaly(batch)
+    assert torch.equal(first["anomaly_map"], second["anomaly_map"])
+    assert torch.equal(first["pred_score"], second["pred_score"])
 
 
 def test_predict_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir, make_batch):
