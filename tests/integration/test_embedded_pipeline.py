@@ -4,6 +4,7 @@ trains in the latent space ``latest`` names, records which one it loaded, and te
 the configs'."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,16 @@ def test_embedded_stages_chain_through_the_latest_autoencoder_run(tmp_path):
     assert loaded == {"path": str(runs / "latest" / "autoencoder"), "resolved": str(exported),
                       "sha256": content_hash(exported)}
     assert f"= `{exported}` (sha256 `{content_hash(exported)[:16]}`)" in (run / "report.md").read_text()
+
+    # the DeCo-Diff checkpoint is self-contained: with the autoencoder deleted, testing the checkpoint the fit tested
+    # (the config keeps last.ckpt only) gives the same metrics
+    shutil.rmtree(exported)
+    main(["test", "--config", str(REPO / "configs/deco_diff/embedded.yaml"), f"--data.init_args.root={tmp_path}/e",
+          *TINY_DATA, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+          "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+          "--trainer.logger.init_args.name=alone"])
+    (alone,) = run_dirs(tmp_path / "runs" / "alone")
+    assert json.loads((alone / "metrics.json").read_text())["per_category"] == metrics["per_category"]
 
 
 @pytest.mark.slow
