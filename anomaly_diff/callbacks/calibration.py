@@ -18,12 +18,15 @@ class NormalCalibration(Callback):
     false alarms; the one chosen is the ``quantile`` of a category's validation scores: an image scoring above it
     is *anomalous*, and about ``1 - quantile`` of normal images are expected above it (with the few validation
     images of a category, a high quantile is close to their maximum). The overlay colour range of the category
-    is the smallest map value of its validation normals and the same quantile of their per-image map maxima, so
-    red means "beyond what normal images showed".
+    (``map_ranges``) is the smallest map value of its validation normals and the same quantile of their per-image
+    map maxima, so red means "beyond what normal images showed"; that upper end is also the pixel threshold of the
+    binary defect masks (a pixel hotter than almost every normal image's hottest pixel). ``score_ranges`` keeps the
+    smallest and largest validation score, which normalised scores use
+    (:func:`anomaly_diff.postprocessing.normalized_score`).
 
-    At the end of every validation epoch of ``fit`` (not the sanity check) the model's ``score_thresholds`` and
-    ``map_ranges`` buffers are overwritten with the values of that epoch's weights, so every checkpoint written
-    after a validation carries the thresholds of its own weights. The scores come from
+    At the end of every validation epoch of ``fit`` (not the sanity check) the model's ``score_thresholds``,
+    ``map_ranges`` and ``score_ranges`` buffers are overwritten with the values of that epoch's weights, so every
+    checkpoint written after a validation carries the thresholds of its own weights. The scores come from
     ``pl_module.predict_anomaly`` on the validation batches (the models' ``validation_step`` computes losses
     only), gathered across DDP processes; duplicates a distributed sampler pads with are dropped by ``index``.
     The prediction runs with the random states saved and restored, so calibrating never changes the training
@@ -102,6 +105,8 @@ class NormalCalibration(Callback):
             pl_module.score_thresholds[index] = torch.quantile(score, self.quantile).item()
             pl_module.map_ranges[index, 0] = low.min().item()
             pl_module.map_ranges[index, 1] = torch.quantile(high, self.quantile).item()
+            pl_module.score_ranges[index, 0] = score.min().item()
+            pl_module.score_ranges[index, 1] = score.max().item()
         missing = sorted(set(pl_module.categories) - by_category.keys())
         if missing:
             rank_zero_warn(f"no validation images of categories {missing}: their decision thresholds stay unset")

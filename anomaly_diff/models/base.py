@@ -16,8 +16,10 @@ from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.models.components.category_classifier import CategoryClassifier, NotFittedError
 from anomaly_diff.models.components.lr_schedulers import WarmupCosineLR
 
-# The calibration buffers (name -> shape after the category axis), NaN until NormalCalibration sets them.
-CALIBRATION_BUFFERS = {"score_thresholds": (), "map_ranges": (2,)}
+# The calibration buffers (name -> shape after the category axis), NaN until NormalCalibration sets them:
+# the image-score threshold, the (low, high) range of the validation normals' maps (high is also the pixel threshold)
+# and the (min, max) of their image scores (for normalised scores).
+CALIBRATION_BUFFERS = {"score_thresholds": (), "map_ranges": (2,), "score_ranges": (2,)}
 
 CATEGORY_SOURCES = ("given", "predicted")
 """What a model conditions an image on (``category_source``): its given category (the predicted one only where it

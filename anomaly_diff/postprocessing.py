@@ -1,0 +1,96 @@
+"""From a model's map and score to what an inspection line acts on, shared by ``Detector`` and ``anomaly-diff predict``.
+
+- :func:`crop_box` and :func:`to_image_resolution` put a map computed on the model's input (the image resized to a
+  square, then centre-cropped: :func:`~anomaly_diff.data.dataset.build_transform`) back over the original image;
+  pixels outside the crop are NaN (not scored).
+- :func:`decide` turns a score and a map into the decision at the calibrated image threshold, a binary defect mask
+  at the calibrated pixel threshold and a normalised score, from the model's calibration buffers
+  (:class:`~anomaly_diff.callbacks.NormalCalibration`).
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def crop_box(height: int, width: int, image_size: int, crop_size: int) -> tuple[int, int, int, int]:
+    """Where the model's input lies in an original image: ``(top, bottom, left, right)`` in its pixels.
+
+    The input is the image resized to ``image_size`` squared, then the central ``crop_size`` square (whose offset
+    is ``(image_size - crop_size) // 2``, as albumentations' ``CenterCrop``), so the box is that square scaled
+    back by ``height / image_size`` and ``width / image_size`` and rounded to whole pixels.
+    """
+    offset = (image_size - crop_size) // 2
+    scale_y, scale_x = height / image_size, width / image_size
+    return (round(offset * scale_y), round((offset + crop_size) * scale_y),
+            round(offset * scale_x), round((offset + crop_size) * scale_x))
+
+
+def to_image_resolution(anomaly_map: Tensor, height: int, width: int, image_size: int, crop_size: int) -> np.ndarray:
+    """A map of the model's input placed over the original ``height x width`` image.
+
+    Args:
+        anomaly_map: ``(h, w)`` map of the model's input.
+        height: The original image's height.
+        width: The original image's width.
+        image_size: The side the image was resized to before cropping (``crop_size`` when the whole image was
+            resized to the model's input without a crop).
+        crop_size: The side of the model's input.
+
+    Returns:
+        ``(height, width)`` float32: the map resized bilinearly onto the crop's box, NaN (not scored) outside it.
+    """
+    top, bottom, left, right = crop_box(height, width, image_size, crop_size)
+    resized = F.interpolate(anomaly_map[None, None].float().cpu(), size=(bottom - top, right - left),
+                            mode="bilinear", align_corners=False)[0, 0]
+    full = np.full((height, width), np.nan, dtype=np.float32)
+    full[top:bottom, left:right] = resized.numpy()
+    return full
+
+
+def normalized_score(score: float, threshold: float, low: float, high: float) -> float:
+    """The score on ``[0, 1]`` with 0.5 at the threshold: anomalib's min-max normalisation.
+
+    ``(score - threshold) / (high - low) + 0.5``, clipped to ``[0, 1]``, where ``low`` and ``high`` are the smallest
+    and largest validation score (anomalib, ``anomalib/utils/normalization/min_max.py``). NaN when uncalibrated.
+    """
+    if any(math.isnan(value) for value in (threshold, low, high)):
+        return math.nan
+    return min(max((score - threshold) / max(high - low, 1e-12) + 0.5, 0.0), 1.0)
+
+
+class Decision(NamedTuple):
+    """An image's decisions (fields ``None`` where the model has no calibrated threshold for its category)."""
+
+    anomalous: bool | None
+    """The score is above the category's image threshold (``score_thresholds``)."""
+    normalized_score: float | None
+    """:func:`normalized_score` of the score."""
+    pixel_threshold: float | None
+    """The category's pixel threshold: the upper end of ``map_ranges``."""
+
+
+def decide(model: torch.nn.Module, class_index: int, score: float, threshold: float | None = None) -> Decision:
+    """The decision for one image of a category from the model's calibration buffers.
+
+    Args:
+        model: An :class:`~anomaly_diff.models.base.AnomalyModule` (its ``score_thresholds``, ``map_ranges`` and
+            ``score_ranges``).
+        class_index: The image's category in the model's class indices.
+        score: The image score.
+        threshold: An image threshold to use instead of the calibrated one.
+    """
+    if threshold is None:
+        threshold = float(model.score_thresholds[class_index])
+    low, high = model.score_ranges[class_index].tolist()
+    pixel = float(model.map_ranges[class_index, 1])
+    normalized = normalized_score(score, threshold, low, high)
+    return Decision(
+        anomalous=None if math.isnan(threshold) else score > threshold,
+        normalized_score=None if math.isnan(normalized) else normalized,
+        pixel_threshold=None if math.isnan(pixel) else pixel,
+    )

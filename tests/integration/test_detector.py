@@ -1,0 +1,144 @@
+"""``anomaly_diff.Detector``: a checkpoint from ``anomaly-diff fit`` scores images given in any form, at their own size.
+
+One tiny fit (autoencoder baseline, validation normals for the calibration) is shared. Maps are checked against the
+test pipeline's maps placed back by an independent resize (OpenCV), decisions against the calibration buffers and
+numpy, input forms against each other.
+"""
+
+import math
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomaly_diff import Detection, Detector
+from anomaly_diff.cli import main
+from anomaly_diff.data import MVTecAD
+from anomaly_diff.data.image_io import load_rgb
+from tests.helpers.configs import TINY_AUTOENCODER, write_tiny_config
+from tests.helpers.data import write_mvtec_ad
+from tests.helpers.runs import run_dirs
+
+DATA = {"image_size": 36, "crop_size": 32, "batch_size": 2, "val_fraction": 0.34}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(data root, checkpoint moved away from its run)`` of a tiny calibrated fit."""
+    tmp = tmp_path_factory.mktemp("detector")
+    root = write_mvtec_ad(tmp / "data", categories=("a", "b"), n_train=6, size=32)
+    config = write_tiny_config(
+        tmp / "tiny.yaml", root, data=DATA,
+        model={**TINY_AUTOENCODER, "init_args": {"block_out_channels": [8, 16], "norm_num_groups": 8}},
+        calibration={"quantile": 0.75},
+    )
+    main(["fit", "--config", str(config), "--test_after_fit=false"])
+    (run,) = run_dirs(tmp / "runs" / "tiny")
+    moved = tmp / "elsewhere" / "model.ckpt"
+    moved.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", moved)
+    return root, moved
+
+
+@pytest.fixture(scope="module")
+def detector(trained):
+    return Detector.from_checkpoint(trained[1], batch_size=3)
+
+
+def test_every_input_form_gives_the_same_detection(trained, detector):
+    path = next((trained[0] / "a" / "test" / "crack").glob("*.png"))
+    array = load_rgb(path)
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    forms = [path, str(path), Image.open(path), array, tensor, tensor.mul(255).round().to(torch.uint8)]
+    results = [detector.predict(form, category="a") for form in forms]
+    results += detector.predict([array, tensor], category="a") + detector.predict(tensor[None].repeat(2, 1, 1, 1), "a")
+    first = results[0]
+    assert isinstance(first, Detection) and first.anomaly_map.shape == (32, 32)
+    for result in results[1:]:  # the same up to float rounding of batched convolutions
+        np.testing.assert_allclose(result.anomaly_map, first.anomaly_map, rtol=0, atol=1e-5)
+        assert result.score == pytest.approx(first.score, rel=1e-6)
+        assert result.category == "a" and result.category_source == "given"
+
+
+def test_maps_and_scores_are_the_test_pipelines_placed_back_on_the_image(trained, detector):
+    root, _ = trained
+    data = MVTecAD(str(root), **DATA)
+    data.setup("test")
+    samples = [data.test_dataset[i] for i in range(5)]  # more than one batch of the detector (3)
+    results = detector.predict([sample["path"] for sample in samples], category=[s["category"] for s in samples])
+    # the model's input is the 36 px resize's central 32 px: rows/columns 2..34, i.e. 1.78..30.2 of the 32 px image
+    top, bottom = round(2 * 32 / 36), round(34 * 32 / 36)
+    assert (top, bottom) == (2, 30)
+    with torch.no_grad():
+        for sample, result in zip(samples, results, strict=True):
+            batch = {k: (v.unsqueeze(0) if torch.is_tensor(v) else [v]) for k, v in sample.items()}
+            expected = detector.model.predict_anomaly(batch)
+            assert result.score == pytest.approx(expected["pred_score"].item(), rel=1e-6)  # batch of 3 vs 1
+            placed = cv2.resize(expected["anomaly_map"][0].numpy(), (bottom - top, bottom - top),
+                                interpolation=cv2.INTER_LINEAR)
+            np.testing.assert_allclose(result.anomaly_map[top:bottom, top:bottom], placed, rtol=0, atol=1e-5)
+            outside = np.ones((32, 32), dtype=bool)
+            outside[top:bottom, top:bottom] = False
+            assert np.isnan(result.anomaly_map[outside]).all()
+
+
+def test_a_non_square_image_gets_a_map_of_its_own_size(trained, detector, tmp_path):
+    path = next((trained[0] / "b" / "test" / "good").glob("*.png"))
+    wide = cv2.resize(load_rgb(path), (64, 40), interpolation=cv2.INTER_LINEAR)  # 40 rows, 64 columns
+    result = detector.predict(wide, category="b")
+    assert result.anomaly_map.shape == (40, 64) and result.mask.shape == (40, 64)
+    scored = ~np.isnan(result.anomaly_map)
+    rows, columns = np.flatnonzero(scored.any(1)), np.flatnonzero(scored.any(0))
+    # the crop box scaled back: rows 2 * 40/36 .. 34 * 40/36, columns 2 * 64/36 .. 34 * 64/36, rounded
+    assert (rows[0], rows[-1] + 1, columns[0], columns[-1] + 1) == (2, 38, 4, 60)
+    assert scored[2:38, 4:60].all()
+    full = Detector.from_checkpoint(trained[1], region="full").predict(wide, category="b")
+    assert full.anomaly_map.shape == (40, 64) and not np.isnan(full.anomaly_map).any()
+
+
+def test_decisions_follow_the_calibrated_thresholds(trained, detector):
+    root, _ = trained
+    paths = sorted((root / "a" / "test").rglob("*.png"))
+    model = detector.model
+    low, high = model.score_ranges[0].tolist()
+    threshold, pixel_threshold = model.score_thresholds[0].item(), model.map_ranges[0, 1].item()
+    assert not math.isnan(low) and low <= threshold <= high  # the 0.75 quantile of the validation scores
+    for result in detector.predict(paths, category="a"):
+        assert result.anomalous == (result.score > threshold)
+        expected = min(max((result.score - threshold) / (high - low) + 0.5, 0.0), 1.0)
+        assert result.normalized_score == pytest.approx(expected, rel=1e-12)
+        assert (result.normalized_score > 0.5) == result.anomalous or result.normalized_score == 1.0
+        np.testing.assert_array_equal(result.mask, np.nan_to_num(result.anomaly_map, nan=-np.inf) > pixel_threshold)
+
+
+def test_score_ranges_are_the_validation_scores_extremes(trained, detector):
+    root, _ = trained
+    data = MVTecAD(str(root), **DATA)
+    data.setup("fit")
+    scores = {"a": [], "b": []}
+    with torch.no_grad():
+        for sample in data.val_dataset:
+            batch = {k: (v.unsqueeze(0) if torch.is_tensor(v) else [v]) for k, v in sample.items()}
+            scores[sample["category"]].append(detector.model.predict_anomaly(batch)["pred_score"].item())
+    for index, category in enumerate(("a", "b")):
+        assert detector.model.score_ranges[index].tolist() == pytest.approx([min(scores[category]),
+                                                                             max(scores[category])], rel=1e-6)
+
+
+def test_categories_given_predicted_or_refused(trained, detector):
+    path = next((trained[0] / "b" / "test" / "good").glob("*.png"))
+    predicted = detector.predict(path)
+    assert predicted.category_source == "predicted" and predicted.category in ("a", "b")
+    with pytest.raises(KeyError, match=r"unknown categories \['zzz'\]"):
+        detector.predict(path, category="zzz")
+    with pytest.raises(ValueError, match="2 categories for 1 images"):
+        detector.predict([path], category=["a", "b"])
+    with pytest.raises(ValueError, match=r"must be \(H, W, 3\) or \(H, W\) uint8"):
+        detector.predict(np.zeros((8, 8, 4), dtype=np.uint8))
+    with pytest.raises(TypeError, match="cannot read an image from int"):
+        detector.predict(3)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Detector.from_checkpoint(trained[1].with_name("missing.ckpt"))
