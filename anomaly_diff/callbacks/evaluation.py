@@ -23,7 +23,10 @@ class Evaluator(Callback):
     """Compute :class:`~anomaly_diff.metrics.AnomalyMetrics` over the test set (and optionally validation).
 
     In ``test`` it collects ``outputs["anomaly_map"]`` and ``outputs["pred_score"]`` with the batch's ``mask``,
-    ``label``, ``category`` and ``index`` (the index drops the samples a distributed sampler repeats). At the end
+    ``has_mask`` (all True when the batch lacks it), ``label``, ``category`` and ``index`` (the index drops the samples
+    a distributed sampler repeats). A category with images without ground-truth mask gets image metrics only: its
+    pixel metrics are not available (``null`` in ``metrics.json``, with the reason under ``not_available``; ``n/a`` in
+    ``metrics.md`` and ``metrics_table.csv``; not logged; left out of the mean, see ``categories_in_mean``). At the end
     of the epoch it logs ``test/<metric>`` (the mean over categories) and ``test/<metric>/<category>`` through
     ``pl_module.log_dict`` (already synchronised values, so every attached logger gets them), keeps the result
     dict as :attr:`results`, and on global rank zero writes ``metrics.json`` (the dict, NaN as ``null``),
@@ -155,6 +158,7 @@ class Evaluator(Callback):
                 batch["label"],
                 batch["category"],
                 batch["index"] * num_loaders + dataloader_idx,  # unique across dataloaders
+                batch.get("has_mask"),
             )
         except SampleError as error:
             raise InvalidSampleError(f"{stage} image {batch['path'][error.index]}: {error}") from error
@@ -163,8 +167,20 @@ class Evaluator(Callback):
         metric = self._metrics[stage]
         results = metric.compute()
         metric.reset()  # frees the collected maps
-        logged = {f"{stage}/{name}": value for name, value in results["mean"].items()}
+        # values not available (no ground-truth mask) are not logged: a logger would show them as NaN, unexplained;
+        # nor is a mean none of whose categories has the metric available
+        missing = {
+            category: set(results["not_available"].get(category, {}).get("metrics", ()))
+            for category in results["per_category"]
+        }
+        logged = {
+            f"{stage}/{name}": value
+            for name, value in results["mean"].items()
+            if not all(name in names for names in missing.values())
+        }
         for category, values in results["per_category"].items():
-            logged |= {f"{stage}/{name}/{category}": value for name, value in values.items()}
+            logged |= {
+                f"{stage}/{name}/{category}": value for name, value in values.items() if name not in missing[category]
+            }
         pl_module.log_dict(logged, sync_dist=False)
         return results

@@ -42,8 +42,11 @@ def overlay_panel(
     return np.concatenate([rgb, blended, outlined], axis=1)
 
 
-def sample_arrays(batch: Batch, anomaly_maps: Tensor, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_arrays(batch: Batch, anomaly_maps: Tensor, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Copies of sample ``i``'s image ``(H, W, 3)``, anomaly map ``(H, W)`` and mask ``(H, W)`` as numpy arrays.
+
+    The mask is ``None`` when the batch says it is not the ground truth (``has_mask`` False: an anomalous image
+    without mask), so that :func:`overlay_panel` draws no (empty) outline for it.
 
     Copies, not views: a view of ``batch[...][i]`` (``.float().cpu()`` is a no-op on float CPU tensors) would keep
     the whole batch's image, map and mask alive for as long as the sample is kept.
@@ -51,7 +54,7 @@ def sample_arrays(batch: Batch, anomaly_maps: Tensor, i: int) -> tuple[np.ndarra
     return (
         batch["image"][i].permute(1, 2, 0).float().cpu().numpy().copy(),
         anomaly_maps[i].float().cpu().numpy().copy(),
-        batch["mask"][i].cpu().numpy().copy(),
+        batch["mask"][i].cpu().numpy().copy() if "has_mask" not in batch or bool(batch["has_mask"][i]) else None,
     )
 
 

@@ -14,7 +14,11 @@ class Batch(TypedDict):
 
     Attributes:
         image: ``(B, 3, H, W)`` float32 RGB in ``[0, 1]``; each model normalises it itself.
-        mask: ``(B, H, W)`` float32 ground truth in ``{0, 1}``; all zero for normal images.
+        mask: ``(B, H, W)`` float32 ground truth in ``{0, 1}``; all zero for normal images, and for images whose
+            ground truth is not known (``has_mask`` False), where it means nothing.
+        has_mask: ``(B,)`` bool, whether ``mask`` is the ground truth: True for normal images and anomalous images
+            with a mask, False for anomalous images without one (``allow_missing_masks``; their categories get no
+            pixel metrics) and for images to predict. A batch without this field counts as all True.
         label: ``(B,)`` int64, ``1`` for an anomalous image, ``0`` for a normal one, ``-1`` for an image to
             predict (unknown; its mask is all zero).
         category: the category name of each sample; ``UNKNOWN_CATEGORY`` (``anomaly_diff.data.samples``) for an
@@ -27,6 +31,7 @@ class Batch(TypedDict):
 
     image: Tensor
     mask: Tensor
+    has_mask: Tensor
     label: Tensor
     category: list[str]
     class_index: Tensor

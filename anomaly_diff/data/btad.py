@@ -24,4 +24,6 @@ class BTAD(AnomalyDataModule):
         return find_category_directories(self.root, "BTAD: <root>/<product>/train/ok/*.bmp")
 
     def _make_samples(self, category: str) -> list[Sample]:
-        return make_mvtec_style_samples(self.root / category, category, normal_name="ok", mask_suffix="")
+        return make_mvtec_style_samples(
+            self.root / category, category, "ok", mask_suffix="", allow_missing_masks=self.allow_missing_masks
+        )

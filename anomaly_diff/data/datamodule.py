@@ -8,15 +8,17 @@ selection and class indices, the seeded validation split, the transform, and the
 import inspect
 import logging
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from anomaly_diff.data.dataset import AnomalyDataset, build_transform
 from anomaly_diff.data.errors import DatasetError
-from anomaly_diff.data.samples import Sample, prediction_samples, seeded_subset
+from anomaly_diff.data.samples import MISSING_MASKS_HINT, Sample, prediction_samples, seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class AnomalyDataModule(LightningDataModule, ABC):
             ``categories``, the categories are not looked up under ``root`` (MVTec AD, BTAD, converted VisA and
             the embedded set then need no data at ``root``: a trained model predicts where its data set is absent).
             Defaults to None.
+        allow_missing_masks: Accept anomalous test images without a ground-truth mask (a warning names their
+            categories once): such a sample has ``has_mask`` False, and a category with any of them gets image
+            metrics only, its pixel metrics reported as not available (``anomaly_diff.metrics.AnomalyMetrics``).
+            Defaults to False: a missing mask is an error, as in a broken download of a benchmark.
 
     Raises:
         DatasetError: ``root`` or a category is missing, or an argument is out of range.
@@ -69,6 +75,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
         val_fraction: float = 0.1,
         seed: int = 0,
         path: str | None = None,
+        allow_missing_masks: bool = False,
     ) -> None:
         super().__init__()
         # Record the concrete class's own arguments in checkpoints; a base argument a subclass fixes itself
@@ -98,6 +105,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
         self.val_fraction = val_fraction
         self.seed = seed
         self.path = None if path is None else Path(path).expanduser()
+        self.allow_missing_masks = bool(allow_missing_masks)
         self._categories = self._select_categories(categories)
         self.train_dataset: AnomalyDataset | None = None
         self.val_dataset: AnomalyDataset | None = None
@@ -199,6 +207,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
             train += kept
             val += held_out
             test += [sample for sample in samples if sample.split == "test"]
+        self._check_masks(test)
         transform = build_transform(self.image_size, self.crop_size)
         self.train_dataset = AnomalyDataset(train, self.class_indices, transform)
         self.val_dataset = AnomalyDataset(val, self.class_indices, transform)
@@ -213,6 +222,29 @@ class AnomalyDataModule(LightningDataModule, ABC):
             len(val),
             len(test),
             sum(sample.label for sample in test),
+        )
+
+    def _check_masks(self, test: list[Sample]) -> None:
+        """Refuse anomalous test images without mask unless ``allow_missing_masks``; then warn once about them.
+
+        Every format's samples pass here, so a format that leaves a mask out (by mistake or because it was told
+        to) cannot make pixel metrics count an all-zero mask as "no defect pixel".
+        """
+        unmasked = [sample for sample in test if sample.label == 1 and not sample.has_mask]
+        if not unmasked:
+            return
+        by_category = Counter(sample.category for sample in unmasked)
+        counts = ", ".join(f"{category} ({count})" for category, count in sorted(by_category.items()))
+        if not self.allow_missing_masks:
+            raise DatasetError(
+                f"{len(unmasked)} anomalous test image(s) of {type(self).__name__} at {self.root} have no ground-truth "
+                f"mask, e.g. {unmasked[0].image_path}; per category: {counts}; {MISSING_MASKS_HINT}"
+            )
+        rank_zero_warn(
+            f"{type(self).__name__}: {len(unmasked)} anomalous test image(s) have no ground-truth mask (allowed: "
+            f"allow_missing_masks), per category: {counts}; these categories get image metrics only, their pixel "
+            "metrics are reported as not available",
+            category=UserWarning,
         )
 
     def _loader(self, dataset: AnomalyDataset | None, batch_size: int, shuffle: bool) -> DataLoader:

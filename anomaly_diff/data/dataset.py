@@ -86,8 +86,9 @@ class AnomalyDataset(Dataset):
 
         Returns:
             The :class:`~anomaly_diff.data.batch.Batch` fields of one sample: ``image`` ``(3, H, W)``
-            float32 in ``[0, 1]``, ``mask`` ``(H, W)`` float32 in ``{0, 1}`` (all zero for a normal image),
-            ``label``, ``class_index`` and ``index`` int64 scalars, ``category`` and ``path`` strings.
+            float32 in ``[0, 1]``, ``mask`` ``(H, W)`` float32 in ``{0, 1}`` (all zero for a normal image, and for
+            an image whose mask is not known), ``has_mask`` a bool scalar (:attr:`Sample.has_mask`), ``label``,
+            ``class_index`` and ``index`` int64 scalars, ``category`` and ``path`` strings.
 
         Raises:
             DatasetError: The image or mask cannot be read, or the mask's size differs from the image's.
@@ -104,6 +105,7 @@ class AnomalyDataset(Dataset):
             "image": transformed["image"],
             # The nearest-neighbour resize keeps the mask binary; ``> 0`` guarantees the {0, 1} contract.
             "mask": (transformed["mask"] > 0).float(),
+            "has_mask": torch.tensor(sample.has_mask, dtype=torch.bool),
             "label": torch.tensor(sample.label, dtype=torch.long),
             "category": sample.category,
             "class_index": torch.tensor(self.class_indices.get(sample.category, UNKNOWN_CLASS_INDEX), dtype=torch.long),

@@ -29,7 +29,11 @@ def find_category_directories(root: Path, layout: str) -> list[str]:
 
 
 def make_mvtec_style_samples(
-    category_dir: Path, category: str, normal_name: str = "good", mask_suffix: str = "_mask"
+    category_dir: Path,
+    category: str,
+    normal_name: str = "good",
+    mask_suffix: str = "_mask",
+    allow_missing_masks: bool = False,
 ) -> list[Sample]:
     """Index one category of an MVTec-AD-style layout.
 
@@ -44,13 +48,15 @@ def make_mvtec_style_samples(
         normal_name: Directory name of the normal images. Defaults to ``"good"`` (BTAD: ``"ok"``).
         mask_suffix: What a mask's stem adds to its image's stem. Defaults to ``"_mask"`` (BTAD and
             converted VisA: ``""``).
+        allow_missing_masks: A defective image without mask (or a defect without ``ground_truth`` directory) gets
+            ``mask_path=None`` instead of an error. Defaults to False.
 
     Returns:
         The training normals, then the test images by defect directory, each sorted by file name.
 
     Raises:
         DatasetError: ``train/<normal_name>`` or a test directory is missing or empty, or a defective
-            image has no mask.
+            image has no mask (unless ``allow_missing_masks``).
     """
     layout = f"<category>/train/{normal_name}/*.png"
     train_dir = category_dir / "train" / normal_name
@@ -75,7 +81,10 @@ def make_mvtec_style_samples(
             samples += [Sample(path, None, 0, category, "good", "test") for path in images]
             continue
         masks = MaskIndex(category_dir / "ground_truth" / defect_dir.name, mask_suffix)
-        samples += [Sample(path, masks.mask_for(path), 1, category, defect_dir.name, "test") for path in images]
+        samples += [
+            Sample(path, masks.mask_for(path, allow_missing_masks), 1, category, defect_dir.name, "test")
+            for path in images
+        ]
     return samples
 
 
@@ -90,4 +99,4 @@ class MVTecAD(AnomalyDataModule):
         return find_category_directories(self.root, "MVTec AD: <root>/<category>/train/good/*.png")
 
     def _make_samples(self, category: str) -> list[Sample]:
-        return make_mvtec_style_samples(self.root / category, category)
+        return make_mvtec_style_samples(self.root / category, category, allow_missing_masks=self.allow_missing_masks)

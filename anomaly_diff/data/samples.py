@@ -32,6 +32,12 @@ be named so on Windows, and no category name comes from anywhere but folder name
 UNKNOWN_CLASS_INDEX = -1
 """The ``class_index`` of a sample of :data:`UNKNOWN_CATEGORY`."""
 
+MISSING_MASKS_HINT = (
+    "to accept anomalous images without masks, set data.init_args.allow_missing_masks=true: their categories then "
+    "get image metrics only, pixel metrics are reported as not available"
+)
+"""Appended to every missing-mask error: how to accept such images deliberately."""
+
 T = TypeVar("T")
 
 
@@ -41,7 +47,9 @@ class Sample:
 
     Attributes:
         image_path: The image file.
-        mask_path: The ground-truth mask of an anomalous image; ``None`` for a normal image.
+        mask_path: The ground-truth mask of an anomalous image; ``None`` for a normal image, an image to predict,
+            and an anomalous image whose mask is not known (see :attr:`has_mask`; the datamodule accepts those only
+            with ``allow_missing_masks``).
         label: ``1`` for an anomalous image, ``0`` for a normal one, ``-1`` (:data:`UNLABELLED`) for an image to
             predict whose state is unknown.
         category: The category (product) name; :data:`UNKNOWN_CATEGORY` for an image to predict of untold category.
@@ -74,14 +82,21 @@ class Sample:
             )
         if self.label not in (0, 1, UNLABELLED):
             raise DatasetError(f"{self.image_path}: label must be 0 (normal) or 1 (anomalous), got {self.label!r}")
-        if self.label == 1 and self.mask_path is None:
-            raise DatasetError(f"anomalous image {self.image_path} has no mask")
         if self.label == 0 and self.mask_path is not None:
             raise DatasetError(f"normal image {self.image_path} has a mask {self.mask_path}; normal images have none")
         if self.label == 1 and self.split == "train":
             raise DatasetError(
                 f"anomalous image {self.image_path} is in the train split; training uses normal images only"
             )
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the ground truth of every pixel is known.
+
+        True for a normal image (no anomalous pixel) and an anomalous image with its mask; False for an anomalous
+        image without mask and for an image to predict.
+        """
+        return self.label == 0 or self.mask_path is not None
 
 
 def is_image_file(path: Path) -> bool:
@@ -181,18 +196,27 @@ class MaskIndex:
                 if is_image_file(path):
                     self._by_stem.setdefault(path.stem, []).append(path)
 
-    def mask_for(self, image_path: Path) -> Path:
+    def mask_for(self, image_path: Path, missing_ok: bool = False) -> Path | None:
         """Return the mask of ``image_path``.
 
+        Args:
+            image_path: The anomalous image.
+            missing_ok: Return ``None`` when no mask matches (the datamodule's ``allow_missing_masks``) instead of
+                raising. Defaults to False.
+
         Raises:
-            DatasetError: No mask, or several masks with different extensions, match the image.
+            DatasetError: No mask (unless ``missing_ok``), or several masks with different extensions, match the
+                image.
         """
         stem = image_path.stem + self.suffix
         matches = self._by_stem.get(stem, [])
         if not matches:
+            if missing_ok:
+                return None
             raise DatasetError(
                 f"mask missing for defective image {image_path}: expected {self.directory / (stem + '.png')} "
-                f"(or the same stem with another image extension); every defective image needs a ground-truth mask"
+                f"(or the same stem with another image extension); every defective image needs a ground-truth mask "
+                f"({MISSING_MASKS_HINT})"
             )
         if len(matches) > 1:
             raise DatasetError(f"several masks match image {image_path}: {[str(p) for p in matches]}; keep one")

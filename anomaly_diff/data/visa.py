@@ -21,7 +21,7 @@ from typing import NamedTuple
 from anomaly_diff.data.datamodule import AnomalyDataModule
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.mvtec_ad import find_category_directories, make_mvtec_style_samples
-from anomaly_diff.data.samples import Sample, require_directory
+from anomaly_diff.data.samples import MISSING_MASKS_HINT, Sample, require_directory
 
 SPLIT_CSV_COLUMNS = ("object", "split", "label", "image", "mask")
 _LABELS = {"normal": 0, "anomaly": 1}
@@ -38,18 +38,19 @@ class SplitRow(NamedTuple):
     mask: str
 
 
-def read_split_csv(csv_path: Path) -> list[SplitRow]:
+def read_split_csv(csv_path: Path, allow_missing_masks: bool = False) -> list[SplitRow]:
     """Read and check a VisA split CSV.
 
     Args:
         csv_path: The CSV file (header ``object,split,label,image,mask``).
+        allow_missing_masks: Accept anomaly rows with an empty ``mask``. Defaults to False.
 
     Returns:
         Its rows, in file order.
 
     Raises:
         DatasetError: The file is missing, lacks a column, or a row has an unknown split or label, an
-            anomaly without mask, or a normal image with one.
+            anomaly without mask (unless ``allow_missing_masks``), or a normal image with one.
     """
     if not csv_path.is_file():
         raise DatasetError(
@@ -76,8 +77,11 @@ def read_split_csv(csv_path: Path) -> list[SplitRow]:
             raise DatasetError(
                 f"{where}: an anomaly in the train split; training uses normal images only (use the 1cls split)"
             )
-        if row.label == "anomaly" and not row.mask:
-            raise DatasetError(f"{where}: mask missing for defective image {row.image}; every anomaly needs a mask")
+        if row.label == "anomaly" and not row.mask and not allow_missing_masks:
+            raise DatasetError(
+                f"{where}: mask missing for defective image {row.image}; every anomaly needs a mask "
+                f"({MISSING_MASKS_HINT})"
+            )
         if row.label == "normal" and row.mask:
             raise DatasetError(f"{where}: normal image {row.image} has a mask {row.mask}; normal rows leave it empty")
     return rows
@@ -100,6 +104,8 @@ class VisA(AnomalyDataModule):
         val_fraction: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
         seed: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
         path: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
+        allow_missing_masks: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`; with ``split_csv`` an
+            anomaly row with an empty ``mask`` is then accepted.
     """
 
     def __init__(
@@ -115,14 +121,15 @@ class VisA(AnomalyDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         path: str | None = None,
+        allow_missing_masks: bool = False,
     ) -> None:
         if split_csv is not None:
             require_directory(Path(root).expanduser(), "the VisA download (<root>/<object>/Data/Images/...)")
         self.split_csv = None if split_csv is None else Path(root).expanduser() / Path(split_csv).expanduser()
-        self._rows = None if self.split_csv is None else read_split_csv(self.split_csv)
+        self._rows = None if self.split_csv is None else read_split_csv(self.split_csv, allow_missing_masks)
         super().__init__(
             root, categories, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed,
-            path=path,
+            path=path, allow_missing_masks=allow_missing_masks,
         )
 
     def _find_categories(self) -> list[str]:
@@ -132,7 +139,10 @@ class VisA(AnomalyDataModule):
 
     def _make_samples(self, category: str) -> list[Sample]:
         if self._rows is None:
-            return make_mvtec_style_samples(self.root / category, category, normal_name="good", mask_suffix="")
+            return make_mvtec_style_samples(
+                self.root / category, category, normal_name="good", mask_suffix="",
+                allow_missing_masks=self.allow_missing_masks,
+            )
         samples = []
         for row in self._rows:
             if row.object != category:

@@ -76,6 +76,13 @@ class AnomalyMetrics(Metric):
     A metric a category cannot define (image metrics without both normal and anomalous images, pixel metrics
     without both normal and anomalous pixels) is NaN, reported in one warning and left out of the mean.
 
+    Pixel metrics are **not available** for a category with any image whose ground truth is not known (``has_masks``
+    False: an anomalous image without mask, ``allow_missing_masks`` of the datamodules): its all-zero mask would
+    count the defect's pixels as normal. Its pixel metrics are then NaN (``null`` in ``metrics.json``, ``n/a`` in the
+    tables), its image metrics computed as usual; ``not_available`` in the result says which metrics and why, one
+    warning names the categories, and the pixel means are over the categories that have them
+    (``categories_in_mean``).
+
     Memory (exact mode): 5 bytes per pixel of state (float32 map, uint8 mask), and at compute time 8 bytes per
     pixel of the largest category plus about ``80 * chunk_size`` bytes for sorting a chunk and its curve (see
     :mod:`anomaly_diff.metrics.exact`). Binned mode: ``16 * num_bins`` bytes per image, see
@@ -122,7 +129,7 @@ class AnomalyMetrics(Metric):
         self.aupro_fpr_limit = aupro_fpr_limit
         self.chunk_size = chunk_size
         self.show_progress = False  # a rich progress bar over the categories in compute(); the Evaluator sets it
-        per_sample = ["category_keys", "sample_ids", "image_scores", "image_labels", "category_names"]
+        per_sample = ["category_keys", "sample_ids", "image_scores", "image_labels", "category_names", "has_masks"]
         if num_bins is None:
             per_sample += ["map_sizes", "maps", "masks"]
         else:
@@ -138,6 +145,7 @@ class AnomalyMetrics(Metric):
         image_labels: Tensor,
         categories: Sequence[str],
         sample_ids: Tensor | None = None,
+        has_masks: Tensor | None = None,
     ) -> None:
         """Add a batch.
 
@@ -150,16 +158,21 @@ class AnomalyMetrics(Metric):
             sample_ids: ``(B,)`` int64 ids ``>= 0`` unique per sample (the batch's ``index``). A sample seen
                 again with the same id (the padding of a distributed sampler) is counted once. Give them in
                 every update or in none.
+            has_masks: ``(B,)`` bool, whether each sample's mask is its ground truth (the batch's ``has_mask``);
+                ``None``: all are. A category with any sample without one gets no pixel metrics (not available).
 
         Raises:
             SampleError: A sample is invalid (non-finite values, mask or label outside ``{0, 1}``, a normal label
                 with anomalous pixels, a map of another size than its mask); ``index`` says which.
             ValueError: The batch's parts disagree in length or have the wrong number of dimensions.
         """
-        batch = _validate(anomaly_maps, masks, image_scores, image_labels, categories, sample_ids)
+        batch = _validate(anomaly_maps, masks, image_scores, image_labels, categories, sample_ids, has_masks)
         device = self.device
         if sample_ids is None:
             sample_ids = torch.full((batch,), -1, dtype=torch.int64)
+        if has_masks is None:
+            has_masks = torch.ones(batch, dtype=torch.bool)
+        self.has_masks.append(has_masks.detach().to(device=device, dtype=torch.uint8, copy=True))
         names = b"".join(name.encode("utf-8") + b"\0" for name in sorted(set(categories)))
         self.category_names.append(torch.tensor(list(names), dtype=torch.uint8, device=device))
         self.category_keys.append(torch.tensor([category_key(c) for c in categories], device=device))
@@ -183,8 +196,11 @@ class AnomalyMetrics(Metric):
         """Compute every metric per category and their means.
 
         Returns:
-            ``{"mean": {metric: value}, "per_category": {category: {metric: value}}}`` with the metrics of
-            :data:`METRIC_NAMES`, values in ``[0, 1]`` or NaN where undefined; categories sorted by name.
+            ``{"mean": {metric: value}, "per_category": {category: {metric: value}}, "not_available": {category:
+            {"metrics": [metric, ...], "reason": str}}, "categories_in_mean": {metric: count}}`` with the metrics
+            of :data:`METRIC_NAMES`, values in ``[0, 1]`` or NaN where undefined or not available; categories
+            sorted by name. ``not_available`` lists the categories whose pixel metrics are not available (images
+            without ground-truth mask), ``categories_in_mean`` how many categories each mean is over.
 
         Raises:
             ValueError: No sample was added, or sample ids were given in some updates only, or one id was given
@@ -197,14 +213,20 @@ class AnomalyMetrics(Metric):
         selected = self._unique_samples(keys)
         scores, labels = _cat(self.image_scores, torch.float32), _cat(self.image_labels, torch.int64)
         pixels = self._exact_pixels() if self.num_bins is None else self._binned_pixels()
-        per_category, undefined = {}, []
+        known = _cat(self.has_masks, torch.uint8).bool()
+        per_category, undefined, not_available = {}, [], {}
         ordered = sorted(names, key=names.get)
         description = "Computing metrics per category"
         for key in track(ordered, description=description, transient=True, disable=not self.show_progress):
             samples = selected[keys[selected] == key]
             if samples.numel() == 0:
                 continue
-            values, reasons = self._category_metrics(scores[samples], labels[samples], *pixels(samples))
+            reason = _missing_masks(known[samples], labels[samples])
+            if reason:
+                not_available[names[key]] = {"metrics": list(PIXEL_METRICS), "reason": reason}
+            values, reasons = self._category_metrics(
+                scores[samples], labels[samples], None if reason else pixels(samples)
+            )
             per_category[names[key]] = values
             if reasons:
                 undefined.append(f"{names[key]} ({'; '.join(reasons)})")
@@ -214,12 +236,23 @@ class AnomalyMetrics(Metric):
                 + ", ".join(undefined),
                 UserWarning,
             )
+        if not_available:
+            with_masks = len(per_category) - len(not_available)
+            rank_zero_warn(
+                "AnomalyMetrics: pixel metrics are not available (reported as null / n/a, left out of the mean, "
+                f"which is over the {with_masks} of {len(per_category)} categories with masks) for "
+                + ", ".join(f"{name} ({entry['reason']})" for name, entry in not_available.items()),
+                UserWarning,
+            )
         self._warn_clamped(selected)
-        mean = {}
+        mean, counts = {}, {}
         for metric in METRIC_NAMES:
             defined = [v[metric] for v in per_category.values() if not math.isnan(v[metric])]
             mean[metric] = sum(defined) / len(defined) if defined else math.nan
-        return {"mean": mean, "per_category": per_category}
+            counts[metric] = len(defined)
+        return {
+            "mean": mean, "per_category": per_category, "not_available": not_available, "categories_in_mean": counts
+        }
 
     def _unique_samples(self, keys: Tensor) -> Tensor:
         """Indices of the samples to count: all of them without ids; else one per id, in increasing id order."""
@@ -258,20 +291,15 @@ class AnomalyMetrics(Metric):
         self,
         scores: Tensor,
         labels: Tensor,
-        pixel_segments: Iterable[ThresholdCounts],
-        positives: int,
-        negatives: int,
-        regions: int,
+        pixels: tuple[Iterable[ThresholdCounts], int, int, int] | None,
     ) -> tuple[dict[str, float], list[str]]:
         """The metrics of one category and the reasons any of them is undefined.
 
         Args:
             scores: ``(S,)`` the category's image scores.
             labels: ``(S,)`` its image labels.
-            pixel_segments: The threshold counts of its pixels.
-            positives: Its number of anomalous pixels.
-            negatives: Its number of normal pixels.
-            regions: Its number of ground-truth regions.
+            pixels: The threshold counts of its pixels, its numbers of anomalous and normal pixels and of
+                ground-truth regions; ``None`` when its pixel metrics are not available (NaN, no reason given here).
         """
         anomalous = int(labels.sum())
         values, reasons = {}, []
@@ -281,6 +309,10 @@ class AnomalyMetrics(Metric):
         else:
             values.update(dict.fromkeys(IMAGE_METRICS, math.nan))
             reasons.append("no anomalous test image" if anomalous == 0 else "no normal test image")
+        if pixels is None:
+            values.update(dict.fromkeys(PIXEL_METRICS, math.nan))
+            return {name: values[name] for name in METRIC_NAMES}, reasons
+        pixel_segments, positives, negatives, regions = pixels
         if positives > 0 and negatives > 0:
             values.update(_curve_metrics("pixel", pixel_segments, positives, negatives, regions, self.aupro_fpr_limit))
         else:
@@ -345,6 +377,16 @@ class AnomalyMetrics(Metric):
             )
 
 
+def _missing_masks(known: Tensor, labels: Tensor) -> str | None:
+    """Why a category's pixel metrics are not available (some of its images have no ground-truth mask), or None."""
+    unknown = int((~known).sum())
+    if unknown == 0:
+        return None
+    if unknown == int((~known & (labels == 1)).sum()):
+        return f"{unknown} of its {int((labels == 1).sum())} anomalous test images have no ground-truth mask"
+    return f"{unknown} of its {known.numel()} test images have no ground-truth mask"
+
+
 def _curve_metrics(
     level: str,
     segments: Iterable[ThresholdCounts],
@@ -372,6 +414,7 @@ def _validate(
     image_labels: Tensor,
     categories: Sequence[str],
     sample_ids: Tensor | None,
+    has_masks: Tensor | None = None,
 ) -> int:
     """Check a batch for :meth:`AnomalyMetrics.update` and return its size."""
     if anomaly_maps.ndim != 3 or not anomaly_maps.is_floating_point():
@@ -387,13 +430,17 @@ def _validate(
             f"anomaly map size {tuple(anomaly_maps.shape[1:])} differs from the mask size {tuple(masks.shape[1:])}: "
             "the model must return maps at the resolution of the ground-truth masks",
         )
-    for name, value in (("image_scores", image_scores), ("image_labels", image_labels), ("sample_ids", sample_ids)):
+    sized = (("image_scores", image_scores), ("image_labels", image_labels), ("sample_ids", sample_ids),
+             ("has_masks", has_masks))
+    for name, value in sized:
         if value is not None and tuple(value.shape) != (batch,):
             raise ValueError(f"{name} must have shape ({batch},) like anomaly_maps, got {tuple(value.shape)}")
     if len(categories) != batch or not all(isinstance(c, str) and c and "\0" not in c for c in categories):
         raise ValueError(f"categories must be {batch} non-empty names, got {list(categories)}")
     if sample_ids is not None and (sample_ids.is_floating_point() or bool((sample_ids < 0).any())):
         raise ValueError(f"sample_ids must be integers >= 0, got {sample_ids.tolist()}")
+    if has_masks is not None and (has_masks.is_floating_point() or bool(((has_masks != 0) & (has_masks != 1)).any())):
+        raise ValueError(f"has_masks must be booleans, got {has_masks.tolist()}")
     checks = (
         (~torch.isfinite(anomaly_maps).flatten(1).all(1), f"its anomaly map has NaN or Inf values; {_NON_FINITE_HINT}"),
         (~torch.isfinite(image_scores), f"its image score is not finite: {image_scores.tolist()}; {_NON_FINITE_HINT}"),

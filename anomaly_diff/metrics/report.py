@@ -1,7 +1,9 @@
 """The result of :class:`~anomaly_diff.metrics.AnomalyMetrics` as JSON, CSV, Markdown and a terminal table.
 
 Tables hold one row per category and a last ``mean`` row; Markdown and terminal tables show percentages, and a
-metric a category cannot define shows as ``n/a`` with a note saying it is left out of the mean.
+metric a category cannot define shows as ``n/a`` with a note saying it is left out of the mean. Pixel metrics that
+are not available (the result's ``not_available``: images without ground-truth mask) show as ``n/a`` in every table,
+the CSV's included, with a note naming the categories, the reason and how many categories the means are over.
 """
 
 import csv
@@ -31,12 +33,15 @@ def to_table(results: dict[str, dict]) -> tuple[list[str], list[list]]:
 
 
 def to_csv(results: dict[str, dict]) -> str:
-    """:func:`to_table` as CSV (``nan`` where undefined)."""
+    """:func:`to_table` as CSV (``nan`` where undefined, ``n/a`` where not available)."""
     columns, rows = to_table(results)
+    missing = _not_available(results)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows([name, *(repr(value) for value in values)] for name, *values in rows)
+    for name, *values in rows:
+        cells = zip(columns[1:], values, strict=True)
+        writer.writerow([name, *("n/a" if (name, metric) in missing else repr(value) for metric, value in cells)])
     return buffer.getvalue()
 
 
@@ -53,14 +58,13 @@ def to_markdown(results: dict[str, dict]) -> str:
         if name == "mean":
             name, cells = f"**{name}**", [f"**{c}**" for c in cells]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if _has_undefined(results):
-        lines += ["", UNDEFINED_NOTE]
+    lines += [line for note in _notes(results) for line in ("", note)]
     return "\n".join(lines) + "\n"
 
 
 def to_rich_table(results: dict[str, dict], title: str) -> Table:
     """The same table as :func:`to_markdown` for a ``rich`` console, with the note as caption."""
-    table = Table(title=title, caption=UNDEFINED_NOTE if _has_undefined(results) else None)
+    table = Table(title=title, caption="\n".join(_notes(results)) or None)
     table.add_column("category")
     for metric in METRIC_NAMES:
         table.add_column(metric, justify="right")
@@ -79,8 +83,44 @@ def _percent(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
 
 
+def _not_available(results: dict[str, dict]) -> set[tuple[str, str]]:
+    """``(category, metric)`` of every value that is not available (no ground-truth mask)."""
+    return {(name, metric) for name, entry in results.get("not_available", {}).items() for metric in entry["metrics"]}
+
+
 def _has_undefined(results: dict[str, dict]) -> bool:
-    return any(math.isnan(v) for _, values in _rows(results) for v in values.values())
+    """Whether a category's value is NaN for another reason than being not available.
+
+    A mean is NaN only when all of its categories' values are, so only the categories' values are looked at.
+    """
+    missing = _not_available(results)
+    if not results["per_category"]:
+        return any(math.isnan(v) for v in results["mean"].values())
+    return any(
+        math.isnan(v) and (name, metric) not in missing
+        for name, values in results["per_category"].items()
+        for metric, v in values.items()
+    )
+
+
+def _notes(results: dict[str, dict]) -> list[str]:
+    """The notes under a table: undefined values, and values not available with what the means are over."""
+    notes = [UNDEFINED_NOTE] if _has_undefined(results) else []
+    not_available = results.get("not_available", {})
+    if not_available:
+        total = len(results["per_category"])
+        counts = results.get("categories_in_mean", {})
+        groups: dict[int, list[str]] = {}
+        for metric in METRIC_NAMES:
+            if metric in counts:
+                groups.setdefault(counts[metric], []).append(metric)
+        over = "; ".join(f"{', '.join(metrics)} over {count} of {total}" for count, metrics in groups.items())
+        notes.append(
+            "n/a (no ground-truth mask): pixel metrics are not available for "
+            + ", ".join(f"{name} ({entry['reason']})" for name, entry in not_available.items())
+            + f"; left out of the mean, which is over the categories that have a value ({over} categories)."
+        )
+    return notes
 
 
 def _nan_to_none(value):

@@ -199,10 +199,11 @@ def write_folder(
     size: int = 32,
     mask_suffix: str = "",
     seed: int = 0,
+    masks: bool = True,
 ) -> Path:
     """Write the generic folder format: ``<root>/normal``, ``<root>/abnormal``, ``<root>/masks`` (by stem).
 
-    ``n_abnormal=0`` writes only ``normal/``.
+    ``n_abnormal=0`` writes only ``normal/``; ``masks=False`` writes no ``masks/`` (anomalous images without masks).
     """
     rng = np.random.default_rng(seed)
     for index in range(n_normal):
@@ -210,7 +211,8 @@ def write_folder(
     for index in range(n_abnormal):
         image, mask = _defective(rng, size)
         write_image(root / "abnormal" / f"d{index:03d}.png", image)
-        write_image(root / "masks" / f"d{index:03d}{mask_suffix}.png", mask)
+        if masks:
+            write_image(root / "masks" / f"d{index:03d}{mask_suffix}.png", mask)
     return root
 
 

@@ -185,3 +185,60 @@ def test_binned_arguments_reach_the_metric(tmp_path):
     with pytest.warns(UserWarning):
         expected, unexpected = binned.compute(), exact.compute()
     assert json.dumps(evaluator.results) == json.dumps(expected) != json.dumps(unexpected)
+
+
+class UnmaskedSamples(Samples):
+    """Samples whose category "b" has no ground-truth masks: its anomalous images have an empty mask, has_mask False."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        unknown = self.categories[i] == "b" and self.labels[i] == 1
+        return item | {"mask": item["mask"] * (not unknown), "has_mask": torch.tensor(not unknown)}
+
+
+def test_a_category_without_masks_gets_image_metrics_and_pixel_metrics_marked_not_available(tmp_path):
+    data = UnmaskedSamples(categories=["a"] * 6 + ["b"] * 6)
+    evaluator = Evaluator()
+    trainer = trainer_for(tmp_path, evaluator)
+    with pytest.warns(UserWarning, match=r"pixel metrics are not available .* for b \(3 of its 3 anomalous"):
+        trainer.test(MeanImage(["a", "b"]), DataLoader(data, batch_size=4))
+    results = evaluator.results
+    maps, labels = data.images.mean(1), torch.tensor(data.labels)
+    a, b = torch.arange(6), torch.arange(6, 12)
+    # independent values: sklearn on a's pixels and on each category's image scores (the maps' maxima)
+    expected_pixel_auroc = roc_auc_score(data.masks[a].flatten().numpy(), maps[a].flatten().numpy())
+    assert results["per_category"]["a"]["pixel_AUROC"] == pytest.approx(expected_pixel_auroc, abs=1e-9)
+    for category, where in (("a", a), ("b", b)):
+        expected = roc_auc_score(labels[where].numpy(), maps[where].flatten(1).amax(1).numpy())
+        assert results["per_category"][category]["image_AUROC"] == pytest.approx(expected, abs=1e-9)
+    assert results["mean"]["pixel_AUROC"] == results["per_category"]["a"]["pixel_AUROC"]
+    assert results["mean"]["image_AUROC"] == pytest.approx(
+        (results["per_category"]["a"]["image_AUROC"] + results["per_category"]["b"]["image_AUROC"]) / 2
+    )
+
+    run_dir = tmp_path / "run" / "version_0"
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert all(written["per_category"]["b"][m] is None for m in METRIC_NAMES if m.startswith("pixel"))
+    assert written["not_available"]["b"]["reason"] == "3 of its 3 anomalous test images have no ground-truth mask"
+    assert written["categories_in_mean"]["pixel_AUROC"] == 1 and written["categories_in_mean"]["image_AUROC"] == 2
+    rows = {r["category"]: r for r in csv.DictReader((run_dir / "metrics_table.csv").read_text().splitlines())}
+    assert rows["b"]["pixel_AUPRO"] == "n/a" and float(rows["b"]["image_AUROC"]) == results["per_category"]["b"][
+        "image_AUROC"]
+    markdown = (run_dir / "metrics.md").read_text()
+    assert "| b | " in markdown and "| n/a | n/a | n/a | n/a |" in markdown
+    assert "pixel metrics are not available for b" in markdown and "over 1 of 2 categories" in markdown
+    # not-available values are not logged (a logger would show an unexplained NaN); the rest is
+    logged = next(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert "test/pixel_AUROC/b" not in logged and "test/image_AUROC/b" in logged and "test/pixel_AUROC/a" in logged
+    assert float(logged["test/pixel_AUROC"]) == pytest.approx(results["mean"]["pixel_AUROC"], abs=1e-6)
+
+
+def test_without_any_mask_the_pixel_means_are_not_logged(tmp_path):
+    data = UnmaskedSamples(categories=["b"] * 6)
+    evaluator = Evaluator()
+    trainer = trainer_for(tmp_path, evaluator)
+    with pytest.warns(UserWarning, match="pixel metrics are not available"):
+        trainer.test(MeanImage(["b"]), DataLoader(data, batch_size=6))
+    assert evaluator.results["categories_in_mean"]["pixel_AUROC"] == 0
+    assert math.isnan(evaluator.results["mean"]["pixel_AUROC"])
+    assert "test/pixel_AUROC" not in trainer.callback_metrics and "test/image_AUROC" in trainer.callback_metrics

@@ -71,3 +71,14 @@ def test_kept_samples_do_not_hold_their_batch():
     for kept, source in ((image, batch["image"]), (anomaly_map, outputs["anomaly_map"]), (mask, batch["mask"])):
         assert not np.shares_memory(kept, source.numpy())
         assert kept.base is None or kept.base.nbytes == kept.nbytes
+
+
+def test_an_image_without_ground_truth_is_drawn_without_a_mask_outline(tmp_path):
+    writer = HeatmapWriter(per_category=2)
+    trainer = SimpleNamespace(is_global_zero=True, world_size=1, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    writer.on_test_epoch_start(trainer, None)
+    batch = fake_batch(["a", "a"], [1, 1]) | {"has_mask": torch.tensor([True, False])}
+    writer.on_test_batch_end(trainer, None, {"anomaly_map": torch.rand(2, 8, 8), "pred_score": torch.rand(2)}, batch, 0)
+    writer.on_test_epoch_end(trainer, None)
+    assert cv2.imread(str(tmp_path / "heatmaps/a/crack_000.png")).shape == (8, 24, 3)
+    assert cv2.imread(str(tmp_path / "heatmaps/a/crack_001.png")).shape == (8, 16, 3)  # image | map: no empty outline

@@ -11,7 +11,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from anomaly_diff.data import DatasetError, MVTecAD
 from anomaly_diff.data.batch import Batch
-from anomaly_diff.data.samples import UNKNOWN_CATEGORY
+from anomaly_diff.data.samples import UNKNOWN_CATEGORY, Sample
 from tests.helpers.data import corrupt_file, truncate_file, write_image, write_mvtec_ad
 
 
@@ -202,6 +202,37 @@ def test_missing_mask_is_reported_at_setup_with_the_expected_path(root):
     image = root / "zipper" / "test" / "scratch" / "001.png"
     with pytest.raises(DatasetError, match=rf"mask missing for defective image {image}: expected {mask}"):
         _datamodule(root).setup("fit")
+
+
+def test_missing_masks_are_accepted_only_when_allowed_and_then_flagged(root):
+    (root / "zipper" / "ground_truth" / "scratch" / "001_mask.png").unlink()
+    shutil.rmtree(root / "bottle" / "ground_truth" / "crack")  # a defect type without any mask
+    with pytest.raises(DatasetError, match="allow_missing_masks=true"):
+        _datamodule(root).setup("test")
+    datamodule = _datamodule(root, allow_missing_masks=True)
+    assert datamodule.hparams["allow_missing_masks"] is True
+    with pytest.warns(UserWarning, match=r"3 anomalous test image\(s\) have no ground-truth mask .*bottle \(2\), "
+                                         r"zipper \(1\).*pixel metrics are reported as not available"):
+        datamodule.setup("test")
+    unmasked = {(s.category, s.defect_type, s.image_path.name) for s in datamodule.test_dataset.samples
+                if not s.has_mask}
+    assert unmasked == {
+        ("bottle", "crack", "000.png"), ("bottle", "crack", "001.png"), ("zipper", "scratch", "001.png")
+    }
+    batch = next(iter(datamodule.test_dataloader()))
+    expected = [s.has_mask for s in datamodule.test_dataset.samples[: len(batch["label"])]]
+    assert batch["has_mask"].tolist() == expected and not all(expected)
+
+
+def test_the_shared_check_refuses_a_format_that_leaves_masks_out(root):
+    class Careless(MVTecAD):  # a format that drops masks without being allowed to
+        def _make_samples(self, category):
+            return [Sample(s.image_path, None, s.label, s.category, s.defect_type, s.split)
+                    for s in super()._make_samples(category)]
+
+    with pytest.raises(DatasetError, match=r"12 anomalous test image\(s\) of Careless .* have no ground-truth mask.*"
+                                           r"bottle \(4\), carpet \(4\), zipper \(4\)"):
+        Careless(str(root), image_size=36, crop_size=32).setup("test")
 
 
 def test_mask_of_another_size_is_reported_at_setup_before_training(root):

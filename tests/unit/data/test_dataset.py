@@ -64,6 +64,7 @@ def test_item_has_the_batch_fields_and_dtypes(tmp_path):
     assert 0 <= item["image"].min() and item["image"].max() <= 1
     assert item["mask"].shape == (32, 32) and item["mask"].dtype == torch.float32 and item["mask"].sum() == 0
     assert (item["label"], item["class_index"], item["index"]) == (0, 1, 0)
+    assert item["has_mask"].dtype == torch.bool and bool(item["has_mask"])
     assert all(item[key].dtype == torch.int64 for key in ("label", "class_index", "index"))
     assert (item["category"], item["path"]) == ("b", str(tmp_path / "n.png"))
 
@@ -71,7 +72,14 @@ def test_item_has_the_batch_fields_and_dtypes(tmp_path):
     assert batch["image"].shape == (2, 3, 32, 32) and batch["mask"].shape == (2, 32, 32)
     assert batch["label"].tolist() == [0, 1] and batch["class_index"].tolist() == [1, 0]
     assert batch["index"].tolist() == [0, 1] and batch["category"] == ["b", "a"]
-    assert batch["mask"][1].sum() > 0
+    assert batch["mask"][1].sum() > 0 and batch["has_mask"].tolist() == [True, True]
+
+
+def test_an_anomalous_image_without_mask_says_so(tmp_path):
+    image, _ = _square_image_and_mask(40, 5, 15, 5, 15)
+    unmasked = Sample(write_image(tmp_path / "d.png", image), None, 1, "a", "x", "test")
+    item = AnomalyDataset([unmasked], {"a": 0}, build_transform(36, 32))[0]
+    assert not bool(item["has_mask"]) and item["label"] == 1 and item["mask"].sum() == 0
 
 
 def test_mask_of_another_size_names_both_files_and_sizes(tmp_path):

@@ -57,14 +57,49 @@ def test_without_abnormal_images_everything_trains_and_test_is_refused(tmp_path)
 def test_hyperparameters_rebuild_the_folder_datamodule(tmp_path):
     root = write_folder(tmp_path)
     datamodule = _folder(root, abnormal_dir="abnormal", mask_dir="masks", category="widget")
-    assert "categories" not in datamodule.hparams
+    assert datamodule.hparams["categories"] is None and datamodule.hparams["allow_missing_masks"] is False
     assert Folder(**datamodule.hparams).hparams == datamodule.hparams
 
 
-def test_abnormal_dir_without_mask_dir_is_refused(tmp_path):
-    root = write_folder(tmp_path)
-    with pytest.raises(DatasetError, match="abnormal_dir='abnormal' is given without mask_dir"):
-        _folder(root, abnormal_dir="abnormal")
+def test_abnormal_dir_without_mask_dir_gives_anomalous_images_without_masks(tmp_path):
+    root = write_folder(tmp_path, n_abnormal=2, masks=False)
+    datamodule = _folder(root, abnormal_dir="abnormal")
+    with pytest.warns(UserWarning, match=r"2 anomalous test image\(s\) have no ground-truth mask.*folder \(2\)"):
+        datamodule.setup("test")
+    anomalous = [s for s in datamodule.test_dataset.samples if s.label == 1]
+    assert len(anomalous) == 2 and all(s.mask_path is None and not s.has_mask for s in anomalous)
+    assert all(s.has_mask for s in datamodule.test_dataset.samples if s.label == 0)
+
+
+def test_several_categories_one_subdirectory_each(tmp_path):
+    write_folder(tmp_path / "screws", n_normal=6, n_abnormal=2, seed=1)
+    write_folder(tmp_path / "nuts", n_normal=5, n_abnormal=3, seed=2)
+    (tmp_path / "notes").mkdir()  # no normal/: not a category
+    datamodule = _folder(tmp_path, abnormal_dir="abnormal", mask_dir="masks", test_fraction=0.2)
+    assert datamodule.categories == ["nuts", "screws"]
+    datamodule.setup()
+    test = datamodule.test_dataset.samples
+    assert Counter((s.category, s.label) for s in test) == {("nuts", 0): 1, ("nuts", 1): 3, ("screws", 0): 1,
+                                                             ("screws", 1): 2}
+    assert all(s.mask_path == tmp_path / s.category / "masks" / s.image_path.name for s in test if s.label)
+    assert all(s.image_path.parent.parent == tmp_path / s.category for s in datamodule.train_dataset.samples)
+    selected = _folder(tmp_path, abnormal_dir="abnormal", mask_dir="masks", categories=["screws"])
+    assert selected.categories == ["screws"]
+    with pytest.raises(DatasetError, match=r"unknown categories \['bolts'\] for Folder .*\['nuts', 'screws'\]"):
+        _folder(tmp_path, abnormal_dir="abnormal", mask_dir="masks", categories=["bolts"])
+    assert Folder(**selected.hparams).categories == ["screws"]
+
+
+def test_a_category_without_masks_needs_allow_missing_masks(tmp_path):
+    write_folder(tmp_path / "masked", n_normal=6, n_abnormal=2, seed=1)
+    write_folder(tmp_path / "unmasked", n_normal=6, n_abnormal=2, seed=2, masks=False)
+    with pytest.raises(DatasetError, match=rf"directory {tmp_path / 'unmasked' / 'masks'} does not exist"):
+        _folder(tmp_path, abnormal_dir="abnormal", mask_dir="masks").setup("test")
+    datamodule = _folder(tmp_path, abnormal_dir="abnormal", mask_dir="masks", allow_missing_masks=True)
+    with pytest.warns(UserWarning, match=r"2 anomalous test image\(s\) .* per category: unmasked \(2\);"):
+        datamodule.setup("test")
+    flags = {(s.category, s.has_mask) for s in datamodule.test_dataset.samples if s.label}
+    assert flags == {("masked", True), ("unmasked", False)}
 
 
 def test_missing_mask_names_image_and_expected_path(tmp_path):

@@ -96,7 +96,6 @@ def test_seeded_subset_refuses_to_leave_nothing():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"label": 1, "mask_path": None, "split": "test"}, "anomalous image .* has no mask"),
         ({"label": 0, "mask_path": Path("m.png"), "split": "test"}, "normal image .* has a mask"),
         ({"label": 1, "mask_path": Path("m.png"), "split": "train"}, "is in the train split"),
         ({"label": 2, "mask_path": None, "split": "test"}, "label must be 0"),
@@ -108,6 +107,24 @@ def test_seeded_subset_refuses_to_leave_nothing():
 def test_sample_invariants(kwargs, message):
     with pytest.raises(DatasetError, match=message):
         Sample(image_path=Path("i.png"), category="a", defect_type="x", **kwargs)
+
+
+def test_has_mask_says_whether_the_ground_truth_is_known():
+    def sample(label, mask_path, split="test"):
+        return Sample(Path("i.png"), mask_path, label, "a", "x", split)
+
+    assert sample(0, None).has_mask and sample(1, Path("m.png")).has_mask
+    # an anomalous image without mask is a valid sample (the datamodule decides whether to accept it)
+    assert not sample(1, None).has_mask and not sample(UNLABELLED, None, "predict").has_mask
+
+
+def test_mask_index_returns_none_for_a_missing_mask_when_told(tmp_path):
+    write_image(tmp_path / "000.png", PIXELS[..., 0])
+    assert MaskIndex(tmp_path).mask_for(Path("/x/000.png"), missing_ok=True) == tmp_path / "000.png"
+    assert MaskIndex(tmp_path).mask_for(Path("/x/001.png"), missing_ok=True) is None
+    assert MaskIndex(tmp_path / "absent").mask_for(Path("/x/000.png"), missing_ok=True) is None
+    with pytest.raises(DatasetError, match="needs a ground-truth mask .*allow_missing_masks=true"):
+        MaskIndex(tmp_path).mask_for(Path("/x/001.png"))
 
 
 def test_prediction_samples_take_the_category_from_the_top_directory(tmp_path, caplog):

@@ -85,6 +85,20 @@ def test_bad_split_csv_rows_name_file_and_line(tmp_path, row, message):
         VisA(str(root), split_csv="split_csv/1cls.csv")
 
 
+def test_anomaly_rows_without_mask_are_accepted_when_allowed(tmp_path):
+    root = write_visa_raw(tmp_path, objects=("candle",), n_defect=2)
+    rows = _rows(root / "split_csv" / "1cls.csv")
+    line = next(number for number, row in enumerate(rows, start=1) if row[2] == "anomaly")
+    rows[line - 1][4] = ""
+    write_split_csv(root / "split_csv" / "1cls.csv", rows)
+    with pytest.raises(DatasetError, match=rf"line {line}: mask missing .*allow_missing_masks=true"):
+        VisA(str(root), split_csv="split_csv/1cls.csv")
+    datamodule = VisA(str(root), split_csv="split_csv/1cls.csv", allow_missing_masks=True, image_size=32, crop_size=32)
+    with pytest.warns(UserWarning, match=r"1 anomalous test image\(s\) have no ground-truth mask.*candle \(1\)"):
+        datamodule.setup("test")
+    assert [s.has_mask for s in datamodule.test_dataset.samples if s.label] == [False, True]
+
+
 def test_missing_files_listed_in_the_csv_are_named_with_their_line(tmp_path):
     root = write_visa_raw(tmp_path, objects=("candle",), n_defect=2)
     rows = _rows(root / "split_csv" / "1cls.csv")

@@ -19,7 +19,8 @@ def worker(rank: int, world_size: int, port: int, case: tuple, out_dir: str) -> 
     torch.set_num_threads(1)  # two processes on a small shared machine
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        maps, masks, scores, labels, names = case
+        maps, masks, scores, labels, names, *rest = case
+        has_masks = rest[0] if rest else None  # (N,) bool, or None: every mask is the ground truth
         mine = distributed_sampler_indices(len(labels), rank, world_size)
         results = {}
         for mode, kwargs in (("exact", {"chunk_size": 300}), ("binned", {"num_bins": 64, "score_range": (0.0, 1.7)})):
@@ -33,6 +34,7 @@ def worker(rank: int, world_size: int, port: int, case: tuple, out_dir: str) -> 
                     torch.as_tensor(labels[batch]),
                     [names[i] for i in batch],
                     torch.tensor(batch),
+                    None if has_masks is None else torch.as_tensor(has_masks[batch]),
                 )
             results[mode] = metric.compute()
         torch.save(results, f"{out_dir}/rank{rank}.pt")

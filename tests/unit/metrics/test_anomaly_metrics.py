@@ -1,10 +1,13 @@
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomaly_diff.metrics import METRIC_NAMES, AnomalyMetrics, SampleError
+from anomaly_diff.metrics.anomaly_metrics import IMAGE_METRICS, PIXEL_METRICS
 from tests.unit.metrics.metrics_reference import random_case, reference_results
 
 
@@ -111,6 +114,65 @@ def test_anomalous_images_with_empty_masks_keep_image_metrics():
         result = run(AnomalyMetrics(), maps, masks, scores, labels, names)["per_category"]["a"]
     assert not math.isnan(result["image_AUROC"])
     assert all(math.isnan(result[m]) for m in METRIC_NAMES if m.startswith("pixel"))
+
+
+def unmasked_case(seed=13):
+    """Categories a and b; b's second anomalous image has no ground-truth mask (all zero, has_masks False)."""
+    maps, masks, scores, labels, names = random_case(seed=seed, categories=("a", "b"), per_category=6)
+    has_masks = np.ones(len(labels), dtype=bool)
+    unmasked = [i for i, (c, y) in enumerate(zip(names, labels, strict=True)) if c == "b" and y == 1][1]
+    masks[unmasked], has_masks[unmasked] = 0, False
+    return maps, masks, scores, labels, names, has_masks
+
+
+@pytest.mark.parametrize("num_bins", [None, 32])
+def test_category_with_an_unmasked_anomaly_gets_image_metrics_and_no_pixel_metrics(num_bins):
+    maps, masks, scores, labels, names, has_masks = unmasked_case()
+    metric = AnomalyMetrics(num_bins=num_bins, score_range=(0.0, 1.7))
+    for start in range(0, len(labels), 4):
+        part = slice(start, start + 4)
+        metric.update(torch.as_tensor(maps[part]), torch.as_tensor(masks[part]), torch.as_tensor(scores[part]),
+                      torch.as_tensor(labels[part]), names[part], torch.arange(start, start + 4),
+                      torch.as_tensor(has_masks[part]))
+    with pytest.warns(UserWarning, match=r"pixel metrics are not available .* over the 1 of 2 categories with masks"
+                                         r"\) for b \(1 of its 3 anomalous test images have no ground-truth mask\)"):
+        result = metric.compute()
+    a, b = (np.array(names) == c for c in "ab")
+    # image metrics of both categories as usual: sklearn on the image scores
+    for category, where in (("a", a), ("b", b)):
+        values = result["per_category"][category]
+        assert values["image_AUROC"] == pytest.approx(roc_auc_score(labels[where], scores[where]), abs=1e-12)
+        assert values["image_AUPRC"] == pytest.approx(average_precision_score(labels[where], scores[where]), abs=1e-12)
+    # pixel metrics of a: sklearn on a's pixels (exact mode); of b: not available, whatever its other masks say
+    if num_bins is None:
+        expected = roc_auc_score(masks[a].ravel(), maps[a].ravel())
+        assert result["per_category"]["a"]["pixel_AUROC"] == pytest.approx(expected, abs=1e-9)
+    assert all(math.isnan(result["per_category"]["b"][m]) for m in PIXEL_METRICS)
+    assert not any(math.isnan(result["per_category"]["a"][m]) for m in METRIC_NAMES)
+    assert result["not_available"] == {
+        "b": {"metrics": list(PIXEL_METRICS), "reason": "1 of its 3 anomalous test images have no ground-truth mask"}
+    }
+    assert result["categories_in_mean"] == {**dict.fromkeys(IMAGE_METRICS, 2), **dict.fromkeys(PIXEL_METRICS, 1)}
+    for m in IMAGE_METRICS:
+        assert result["mean"][m] == pytest.approx((result["per_category"]["a"][m] + result["per_category"]["b"][m]) / 2)
+    for m in PIXEL_METRICS:
+        assert result["mean"][m] == result["per_category"]["a"][m]
+
+
+def test_has_masks_all_true_changes_nothing_and_invalid_flags_are_refused():
+    maps, masks, scores, labels, names, _ = unmasked_case()
+    with_flags = AnomalyMetrics()
+    with_flags.update(torch.as_tensor(maps), torch.as_tensor(masks), torch.as_tensor(scores), torch.as_tensor(labels),
+                      names, has_masks=torch.ones(len(labels), dtype=torch.bool))
+    result = with_flags.compute()
+    assert result == run(AnomalyMetrics(), maps, masks, scores, labels, names)
+    assert result["not_available"] == {} and set(result["categories_in_mean"].values()) == {2}
+    with pytest.raises(ValueError, match=r"has_masks must be booleans, got \[2, 1\]"):
+        AnomalyMetrics().update(torch.rand(2, 4, 4), torch.zeros(2, 4, 4), torch.rand(2), torch.tensor([0, 0]),
+                                ["a", "a"], has_masks=torch.tensor([2, 1]))
+    with pytest.raises(ValueError, match=r"has_masks must have shape \(2,\)"):
+        AnomalyMetrics().update(torch.rand(2, 4, 4), torch.zeros(2, 4, 4), torch.rand(2), torch.tensor([0, 0]),
+                                ["a", "a"], has_masks=torch.ones(3, dtype=torch.bool))
 
 
 def test_no_category_defines_a_metric_gives_nan_mean():
@@ -229,7 +291,8 @@ def test_reset_forgets_earlier_samples():
 
 
 @pytest.mark.slow  # about 10 s: two spawned processes import torch
-def test_two_process_ddp_gives_the_single_process_result(tmp_path):
+@pytest.mark.parametrize("unmasked", [False, True], ids=["masks", "an unmasked anomaly"])
+def test_two_process_ddp_gives_the_single_process_result(tmp_path, unmasked):
     import socket
 
     import torch.multiprocessing as mp
@@ -239,14 +302,23 @@ def test_two_process_ddp_gives_the_single_process_result(tmp_path):
     maps, masks, scores, labels, names = random_case(seed=29, per_category=7)  # 14 samples: rank 1 repeats sample 0
     maps, masks, scores, labels = maps[:-1], masks[:-1], scores[:-1], labels[:-1]  # 13: padding needed
     names = names[:-1]
+    has_masks = None
+    if unmasked:  # one anomalous cable image has no mask: cable's pixel metrics are not available on every rank
+        has_masks = np.ones(len(labels), dtype=bool)
+        assert labels[-1] == 1 and names[-1] == "cable"
+        masks[-1], has_masks[-1] = 0, False
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    mp.spawn(worker, args=(2, port, (maps, masks, scores, labels, names), str(tmp_path)), nprocs=2)
+    mp.spawn(worker, args=(2, port, (maps, masks, scores, labels, names, has_masks), str(tmp_path)), nprocs=2)
     ids = np.arange(len(labels))
-    single = {
-        "exact": run(AnomalyMetrics(chunk_size=300), maps, masks, scores, labels, names, ids=ids),
-        "binned": run(AnomalyMetrics(num_bins=64, score_range=(0.0, 1.7)), maps, masks, scores, labels, names, ids=ids),
-    }
-    for rank in range(2):
-        assert torch.load(tmp_path / f"rank{rank}.pt") == single
+    flags = None if has_masks is None else torch.as_tensor(has_masks)
+    single = {}
+    for mode, kwargs in (("exact", {"chunk_size": 300}), ("binned", {"num_bins": 64, "score_range": (0.0, 1.7)})):
+        metric = AnomalyMetrics(**kwargs)
+        metric.update(torch.as_tensor(maps), torch.as_tensor(masks), torch.as_tensor(scores), torch.as_tensor(labels),
+                      names, torch.as_tensor(ids), flags)
+        single[mode] = metric.compute()
+        assert set(single[mode]["not_available"]) == ({"cable"} if unmasked else set())
+    for rank in range(2):  # compared as JSON text: NaN (not available) equals NaN there
+        assert json.dumps(torch.load(tmp_path / f"rank{rank}.pt")) == json.dumps(single)
