@@ -290,6 +290,10 @@ def main(args: list[str] | None = None) -> None:
     ``ANOMALY_DIFF_TRACEBACK=1`` shows the whole traceback instead. Configuration errors (unknown keys, wrong
     types) are LightningCLI's own: a usage message and exit code 2.
     """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["export"]:  # not a Trainer method: anomaly_diff.export
+        from anomaly_diff.export import export_main
+        return export_main(list(argv[1:]))
     try:
         AnomalyCLI(
             subclass_mode_model=True,
