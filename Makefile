@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 RUNS_DIR ?= runs
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint data bench bench-metrics bench-infer bench-memory bench-train sweep clean
+.PHONY: help install run test test-fast lint data bench bench-metrics bench-infer bench-memory bench-train bench-export sweep clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ lint: $(INSTALLED) ## Check the code with ruff
 data: $(INSTALLED) ## Write the embedded data set to DIR (make data DIR=/some/where)
 	$(VENV)/bin/anomaly-diff-data --output $(or $(DIR),.cache/embedded)
 
-bench: bench-metrics bench-infer bench-memory bench-train ## Run every benchmark and write experiments/results/
+bench: bench-metrics bench-infer bench-memory bench-train bench-export ## Run every benchmark and write experiments/results/
 
 bench-metrics: $(INSTALLED) ## Time and peak memory of exact and binned metrics at MVTec AD size
 	$(PY) experiments/bench_metrics.py
@@ -55,6 +55,9 @@ bench-memory: $(INSTALLED) ## Peak RSS of the test stage, exact and binned metri
 
 bench-train: $(INSTALLED) ## Images/s and peak RSS of DeCo-Diff training steps: batch 4 and 16, fp32 and bf16, cached latents or not
 	$(PY) experiments/bench_train.py
+
+bench-export: $(INSTALLED) ## Images/s of DeCo-Diff eager vs exported (exported-program, ONNX Runtime, TorchScript), batch 1 and 8
+	$(PY) experiments/bench_export.py
 
 sweep: $(INSTALLED) ## Create the W&B sweep SWEEP=<file> (configs/sweeps/) and run an agent on it (needs W&B online)
 	@test -n "$(SWEEP)" || { echo "make sweep: give a sweep file: make sweep SWEEP=configs/sweeps/deco_diff.yaml" >&2; exit 2; }
