@@ -62,7 +62,7 @@ def test_every_input_form_gives_the_same_detection(trained, detector):
     assert isinstance(first, Detection) and first.anomaly_map.shape == (32, 32)
     for result in results[1:]:  # the same up to float rounding of batched convolutions
         np.testing.assert_allclose(result.anomaly_map, first.anomaly_map, rtol=0, atol=1e-5)
-        assert result.score == pytest.approx(first.score, rel=1e-6)
+        assert result.score == pytest.approx(first.score, rel=1e-5)
         assert result.category == "brick" and result.category_source == "given"
 
 
@@ -79,7 +79,7 @@ def test_maps_and_scores_are_the_test_pipelines_placed_back_on_the_image(trained
         for sample, result in zip(samples, results, strict=True):
             batch = {k: (v.unsqueeze(0) if torch.is_tensor(v) else [v]) for k, v in sample.items()}
             expected = detector.model.predict_anomaly(batch)
-            assert result.score == pytest.approx(expected["pred_score"].item(), rel=1e-6)  # batch of 3 vs 1
+            assert result.score == pytest.approx(expected["pred_score"].item(), rel=1e-5)  # batch of 3 vs 1
             placed = cv2.resize(expected["anomaly_map"][0].numpy(), (bottom - top, bottom - top),
                                 interpolation=cv2.INTER_LINEAR)
             np.testing.assert_allclose(result.anomaly_map[top:bottom, top:bottom], placed, rtol=0, atol=1e-5)
@@ -128,7 +128,7 @@ def test_score_ranges_are_the_validation_scores_extremes(trained, detector):
             scores[sample["category"]].append(detector.model.predict_anomaly(batch)["pred_score"].item())
     for index, category in enumerate(("brick", "coffee")):
         assert detector.model.score_ranges[index].tolist() == pytest.approx([min(scores[category]),
-                                                                             max(scores[category])], rel=1e-6)
+                                                                             max(scores[category])], rel=1e-5)
 
 
 def test_categories_given_predicted_or_refused(trained, detector):
