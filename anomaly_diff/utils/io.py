@@ -4,8 +4,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 
 def _umask() -> int:
@@ -51,6 +53,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_write_stream(path: str | Path) -> Iterator[TextIO]:
+    """A UTF-8 text file (``newline=""``, for :mod:`csv`) that takes ``path``'s place when the block ends.
+
+    For content written piece by piece instead of held whole (:func:`atomic_write_text`): it goes to a temporary
+    file in the same folder, which is renamed to ``path`` when the block ends, or removed when it raises.
+
+    Args:
+        path: The destination file; its folder is created if missing.
+
+    Yields:
+        The open temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_dir(path: str | Path, write: Callable[[Path], object]) -> Path | None:

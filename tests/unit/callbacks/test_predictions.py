@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from anomaly_diff.callbacks.predictions import PredictionWriter
+from anomaly_diff.callbacks.predictions import COLUMNS, PredictionWriter
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from tests.unit.callbacks.test_calibration import ScoreModel
 
@@ -53,3 +53,57 @@ def test_an_image_of_unknown_category_is_written_with_the_models_category_and_it
         ("a", "given", "0.5", "True"), ("b", "predicted", "0.75", "False")]
     assert [r["overlay"].split("/")[1] for r in rows] == ["a", "b"] and all((tmp_path / r["overlay"]).is_file()
                                                                           for r in rows)
+
+
+def predict_batches(writer, model, tmp_path, batches):
+    """Run the writer over ``batches`` (lists of ``(path, index, score)``); the CSV text and the writer's state sizes.
+
+    The sizes (``len`` of each container among the writer's attributes) are taken after the last batch, before the
+    CSV is written: what the writer holds per image predicted.
+    """
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path))
+    writer.on_predict_start(trainer, model)
+    for batch_idx, rows in enumerate(batches):
+        paths, indices, scores = zip(*rows, strict=True)
+        batch = {"image": torch.rand(len(rows), 3, 4, 4), "mask": torch.zeros(len(rows), 4, 4),
+                 "category": ["a"] * len(rows), "path": list(paths), "index": torch.tensor(indices)}
+        prediction = {"anomaly_map": torch.rand(len(rows), 4, 4), "pred_score": torch.tensor(scores)}
+        writer.write_on_batch_end(trainer, model, prediction, None, batch, batch_idx)
+    sizes = {name: len(value) for name, value in vars(writer).items() if isinstance(value, (list, dict, set, tuple))}
+    writer.on_predict_epoch_end(trainer, model)
+    return (tmp_path / "predictions.csv").read_text(), sizes
+
+
+def test_the_writer_keeps_no_row_per_image(tmp_path):
+    # It kept every CSV row in a dict until the end of predict: memory in proportion to the images (issue 20).
+    model = CategoryModel(["a"])
+    model.score_thresholds[0] = 0.5
+    texts, sizes = [], []
+    for n_batches in (2, 20):
+        batches = [[(f"/in/{b:03d}_{i}.png", 2 * b + i, 0.25 + 0.5 * i) for i in range(2)] for b in range(n_batches)]
+        text, size = predict_batches(PredictionWriter(), model, tmp_path / str(n_batches), batches)
+        texts.append(text)
+        sizes.append(size)
+    assert sizes[0] == sizes[1]
+    lines = texts[1].splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 41 and lines[1:3] == [
+        "/in/000_0.png,a,given,0.25,0.5,False,predictions/a/000000_000_0.png",
+        "/in/000_1.png,a,given,0.75,0.5,True,predictions/a/000001_000_1.png"]
+    assert texts[1].startswith(texts[0].rsplit("\n", 2)[0])  # the same rows, in the same order
+
+
+def test_rows_out_of_path_order_are_sorted_and_an_image_seen_twice_is_written_once(tmp_path):
+    # As under DDP, where a distributed sampler pads with duplicates; a flat folder comes in path order.
+    model = CategoryModel(["a"])
+    model.score_thresholds[0] = 0.5
+    in_order = [[("/in/1.png", 1, 0.5), ("/in/2.png", 2, 0.25)], [("/in/3.png", 3, 0.75)]]
+    shuffled = [[("/in/3.png", 3, 0.75), ("/in/1.png", 1, 0.5)], [("/in/2.png", 2, 0.25), ("/in/3.png", 3, 0.75)]]
+    expected, _ = predict_batches(PredictionWriter(), model, tmp_path / "in_order", in_order)
+    text, _ = predict_batches(PredictionWriter(), model, tmp_path / "shuffled", shuffled)
+    assert text == expected and len(text.splitlines()) == 4
+    assert [row["path"] for row in csv.DictReader(text.splitlines())] == ["/in/1.png", "/in/2.png", "/in/3.png"]
+
+
+def test_nothing_predicted_writes_the_header_alone(tmp_path):
+    text, _ = predict_batches(PredictionWriter(threshold=0.5), CategoryModel(["a"]), tmp_path, [])
+    assert text == ",".join(COLUMNS) + "\n"

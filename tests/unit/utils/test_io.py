@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_diff.utils.io import atomic_write_bytes, atomic_write_dir, atomic_write_text
+from anomaly_diff.utils.io import atomic_write_bytes, atomic_write_dir, atomic_write_stream, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,6 +43,23 @@ def test_writes_bytes_atomically(tmp_path):
 def _write_model(folder, weights=b"new weights"):
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(weights)
+
+
+def test_a_streamed_write_appears_whole_or_not_at_all(tmp_path):
+    target = atomic_write_text(tmp_path / "predictions.csv", "old\n")
+    with atomic_write_stream(target) as handle:
+        handle.write("a,b\n")
+        assert target.read_text() == "old\n"  # not yet replaced
+        handle.write("c,\"d\ne\"\r\n")
+    assert target.read_bytes() == b'a,b\nc,"d\ne"\r\n'  # UTF-8, newlines untranslated (csv)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    with pytest.raises(RuntimeError, match="killed"), atomic_write_stream(target) as handle:
+        handle.write("half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b'a,b\nc,"d\ne"\r\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
 
 
 def test_folder_write_keeps_the_replaced_folder_and_says_where(tmp_path):
