@@ -50,7 +50,7 @@ bench-metrics: $(INSTALLED) ## Time and peak memory of exact and binned metrics 
 bench-infer: $(INSTALLED) ## Images/s of DeCo-Diff inference, batch 1 and 16, fp32 and bf16
 	$(PY) experiments/bench_infer.py
 
-bench-memory: $(INSTALLED) ## Peak RSS of the test stage, exact and binned metrics, on the embedded set at 1x and 10x size
+bench-memory: $(INSTALLED) ## Peak RSS of test (exact and binned metrics) and predict on the embedded set at 1x and 10x
 	$(PY) experiments/bench_memory.py
 
 bench-train: $(INSTALLED) ## Images/s and peak RSS of DeCo-Diff training steps: batch 4 and 16, fp32 and bf16, cached latents or not
