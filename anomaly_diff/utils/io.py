@@ -5,9 +5,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 
 def _umask() -> int:
@@ -40,23 +40,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         The destination path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _replacing(path, "wb") as handle:
+        handle.write(data)
     return path
 
 
-@contextmanager
-def atomic_write_stream(path: str | Path) -> Iterator[TextIO]:
+def atomic_write_stream(path: str | Path) -> AbstractContextManager[TextIO]:
     """A UTF-8 text file (``newline=""``, for :mod:`csv`) that takes ``path``'s place when the block ends.
 
     For content written piece by piece instead of held whole (:func:`atomic_write_text`): it goes to a temporary
@@ -65,15 +54,20 @@ def atomic_write_stream(path: str | Path) -> Iterator[TextIO]:
     Args:
         path: The destination file; its folder is created if missing.
 
-    Yields:
-        The open temporary file.
+    Returns:
+        A context manager that yields the open temporary file.
     """
-    path = Path(path)
+    return _replacing(Path(path), "w", encoding="utf-8", newline="")
+
+
+@contextmanager
+def _replacing(path: Path, mode: str, **open_kwargs) -> Iterator[IO]:
+    """A temporary file next to ``path``, synced and renamed to ``path`` when the block ends, removed if it raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
