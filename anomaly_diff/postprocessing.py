@@ -66,6 +66,8 @@ def normalized_score(score: float, threshold: float, low: float, high: float) ->
 class Decision(NamedTuple):
     """An image's decisions (fields ``None`` where the model has no calibrated threshold for its category)."""
 
+    threshold: float | None
+    """The image threshold used: the given one, else the category's ``score_thresholds``."""
     anomalous: bool | None
     """The score is above the category's image threshold (``score_thresholds``)."""
     normalized_score: float | None
@@ -90,6 +92,7 @@ def decide(model: torch.nn.Module, class_index: int, score: float, threshold: fl
     pixel = float(model.map_ranges[class_index, 1])
     normalized = normalized_score(score, threshold, low, high)
     return Decision(
+        threshold=None if math.isnan(threshold) else threshold,
         anomalous=None if math.isnan(threshold) else score > threshold,
         normalized_score=None if math.isnan(normalized) else normalized,
         pixel_threshold=None if math.isnan(pixel) else pixel,

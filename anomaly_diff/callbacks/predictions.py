@@ -1,12 +1,14 @@
 """What ``predict`` writes: an overlay picture and a CSV row (score and decision) per image."""
 
 import csv
+import io
 import math
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
@@ -14,17 +16,20 @@ from lightning.pytorch.utilities import rank_zero_warn
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.callbacks.heatmaps import overlay_panel, sample_arrays, write_png
 from anomaly_diff.data.batch import Batch
+from anomaly_diff.data.image_io import read_size
 from anomaly_diff.loggers import run_directory
-from anomaly_diff.utils.io import atomic_write_stream
+from anomaly_diff.postprocessing import decide, to_image_resolution
+from anomaly_diff.utils.io import atomic_write_bytes, atomic_write_stream
 
-COLUMNS = ("path", "category", "category_source", "score", "threshold", "anomalous", "overlay")
+COLUMNS = ("path", "category", "category_source", "score", "threshold", "anomalous", "normalized_score",
+           "pixel_threshold", "overlay", "map")
 
 
 class PredictionWriter(BasePredictionWriter):
     """Write ``<run dir>/predictions.csv`` and an overlay PNG per image under ``<run dir>/predictions/``.
 
     The CSV has one row per image, sorted by path: ``path, category, category_source, score, threshold, anomalous,
-    overlay``. ``category`` is the one the model conditioned the image on (``AnomalyModule.batch_categories``):
+    normalized_score, pixel_threshold, overlay, map``. ``category`` is the one the model conditioned the image on (``AnomalyModule.batch_categories``):
     ``category_source`` says whether the data gave it (``given``, from ``<path>/<category>/`` or the one selected
     category) or the model predicted it (``predicted``: a flat folder of mixed categories, or
     ``model.category_source=predicted``); thresholds and overlays use it.
@@ -42,13 +47,20 @@ class PredictionWriter(BasePredictionWriter):
     CSV is copied from that file row by row; otherwise, and under DDP (the rows are gathered on rank zero), the rows
     are read back at the end and sorted there.
 
+    ``normalized_score`` (0.5 at the threshold) and ``pixel_threshold`` (the category's calibrated pixel threshold)
+    are :func:`anomaly_diff.postprocessing.decide`'s, as :class:`anomaly_diff.Detector` gives them. With
+    ``save_maps`` each image's raw map is saved at the image's own size, ``maps/<category>/<n>_<image stem>.npy``
+    (float32, NaN outside the centre crop the model saw; the ``map`` column).
+
     Args:
         threshold: One image-score threshold for every category, instead of the calibrated ones. Defaults to None.
+        save_maps: Also save each raw map at its image's resolution (4 bytes per image pixel). Defaults to False.
     """
 
-    def __init__(self, threshold: float | None = None) -> None:
+    def __init__(self, threshold: float | None = None, save_maps: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.threshold = threshold
+        self.save_maps = save_maps
         # The rows written so far (``dataloader_idx, index`` and the CSV columns, in the order the images came) in an
         # unnamed temporary file, gone when closed or when the process ends. They were kept in a dict until the end of
         # predict: about 0.5 KB per image, most of the ~0.67 KB per image the predict loop kept (tracemalloc over
@@ -85,7 +97,6 @@ class PredictionWriter(BasePredictionWriter):
         categories = pl_module.batch_categories(batch)  # the model's answer for this batch, kept: not recomputed
         sources = pl_module.category_sources(batch)
         classes = pl_module.class_indices(categories).tolist()
-        thresholds = pl_module.score_thresholds.tolist()
         ranges = pl_module.map_ranges.tolist()
         if self._spool is None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,21 +112,38 @@ class PredictionWriter(BasePredictionWriter):
             overlay = Path("predictions") / category / f"{index:06d}_{Path(path).stem}.png"
             write_png(out_dir / overlay, overlay_panel(image, anomaly_map, None, low, high), path)
             score = float(prediction["pred_score"][i])
-            threshold = self.threshold if self.threshold is not None else thresholds[classes[i]]
-            decided = not math.isnan(threshold)
+            decision = decide(pl_module, classes[i], score, self.threshold)
+            raw_map = self._save_map(trainer, out_dir, prediction["anomaly_map"][i], path, overlay)
             row = {
                 "path": path,
                 "category": category,
                 "category_source": sources[i],
                 "score": repr(score),
-                "threshold": repr(float(threshold)) if decided else "",
-                "anomalous": str(score > threshold) if decided else "",
+                **{key: "" if value is None else repr(value) if isinstance(value, float) else str(value)
+                   for key, value in decision._asdict().items()},
                 "overlay": overlay.as_posix(),
+                "map": raw_map,
             }
             spool.writerow([dataloader_idx, index, *(row[column] for column in COLUMNS)])
             # Strictly increasing paths: the rows are already sorted, and no image came twice.
             self._in_path_order = self._in_path_order and (self._last_path is None or path > self._last_path)
             self._last_path = path
+
+    def _save_map(self, trainer: Trainer, out_dir: Path, anomaly_map, path: str, overlay: Path) -> str:
+        """With ``save_maps``, save the map at the image's own size; its path relative to the run, else ``""``."""
+        if not self.save_maps:
+            return ""
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None:
+            raise ValueError("predictions.save_maps needs the datamodule's image_size and crop_size: predict through "
+                             "anomaly-diff predict or give the trainer a datamodule")
+        width, height = read_size(Path(path))
+        full = to_image_resolution(anomaly_map, height, width, datamodule.image_size, datamodule.crop_size)
+        relative = Path("maps") / overlay.relative_to("predictions").with_suffix(".npy")
+        buffer = io.BytesIO()
+        np.save(buffer, full)
+        atomic_write_bytes(out_dir / relative, buffer.getvalue())
+        return relative.as_posix()
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write ``predictions.csv`` on global rank zero (rows gathered from every process)."""

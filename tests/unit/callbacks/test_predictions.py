@@ -1,6 +1,8 @@
 import csv
 from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -87,8 +89,8 @@ def test_the_writer_keeps_no_row_per_image(tmp_path):
     assert sizes[0] == sizes[1]
     lines = texts[1].splitlines()
     assert lines[0] == ",".join(COLUMNS) and len(lines) == 41 and lines[1:3] == [
-        "/in/000_0.png,a,given,0.25,0.5,False,predictions/a/000000_000_0.png",
-        "/in/000_1.png,a,given,0.75,0.5,True,predictions/a/000001_000_1.png"]
+        "/in/000_0.png,a,given,0.25,0.5,False,,,predictions/a/000000_000_0.png,",
+        "/in/000_1.png,a,given,0.75,0.5,True,,,predictions/a/000001_000_1.png,"]  # uncalibrated ranges: empty
     assert texts[1].startswith(texts[0].rsplit("\n", 2)[0])  # the same rows, in the same order
 
 
@@ -107,3 +109,35 @@ def test_rows_out_of_path_order_are_sorted_and_an_image_seen_twice_is_written_on
 def test_nothing_predicted_writes_the_header_alone(tmp_path):
     text, _ = predict_batches(PredictionWriter(threshold=0.5), CategoryModel(["a"]), tmp_path, [])
     assert text == ",".join(COLUMNS) + "\n"
+
+
+def test_rows_carry_the_detectors_decisions_and_saved_maps_have_the_images_size(tmp_path):
+    """normalized_score and pixel_threshold as anomalib's min-max rule gives them; raw maps placed back on the image."""
+    model = CategoryModel(["a", "b"])
+    model.score_thresholds[:] = torch.tensor([0.5, 0.75])
+    model.score_ranges[0] = torch.tensor([0.25, 0.625])
+    model.map_ranges[0] = torch.tensor([0.0, 0.8])
+    paths = []
+    for i, (height, width) in enumerate([(6, 6), (9, 12)]):  # not the 4 px the model saw; one not square
+        paths.append(tmp_path / "in" / f"{i}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(paths[-1]), np.zeros((height, width, 3), dtype=np.uint8))
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path / "run"),
+                              datamodule=SimpleNamespace(image_size=4, crop_size=4))
+    batch = {"image": torch.rand(2, 3, 4, 4), "mask": torch.zeros(2, 4, 4), "category": ["a", "b"],
+             "path": [str(path) for path in paths], "index": torch.arange(2)}
+    maps = torch.rand(2, 4, 4)
+    writer = PredictionWriter(save_maps=True)
+    writer.on_predict_start(trainer, model)
+    writer.write_on_batch_end(trainer, model, {"anomaly_map": maps, "pred_score": torch.tensor([0.7, 0.9])}, None,
+                              batch, 0)
+    writer.on_predict_epoch_end(trainer, model)
+    rows = list(csv.DictReader((tmp_path / "run" / "predictions.csv").open()))
+    assert list(rows[0]) == list(COLUMNS)
+    # (0.7 - 0.5) / (0.625 - 0.25) + 0.5 = 1.0333 -> clipped to 1; category b has no score range: empty
+    assert [(r["normalized_score"], r["pixel_threshold"]) for r in rows] == [("1.0", "0.800000011920929"), ("", "")]
+    for row, map_4px, (height, width) in zip(rows, maps, [(6, 6), (9, 12)], strict=True):
+        saved = np.load(tmp_path / "run" / row["map"])
+        expected = cv2.resize(map_4px.numpy(), (width, height), interpolation=cv2.INTER_LINEAR)  # no crop here
+        assert saved.shape == (height, width) and row["map"].startswith(f"maps/{row['category']}/")
+        np.testing.assert_allclose(saved, expected, rtol=0, atol=1e-6)
