@@ -29,7 +29,8 @@ class PredictionWriter(BasePredictionWriter):
     """Write ``<run dir>/predictions.csv`` and an overlay PNG per image under ``<run dir>/predictions/``.
 
     The CSV has one row per image, sorted by path: ``path, category, category_source, score, threshold, anomalous,
-    normalized_score, pixel_threshold, overlay, map``. ``category`` is the one the model conditioned the image on (``AnomalyModule.batch_categories``):
+    normalized_score, pixel_threshold, overlay, map``. ``category`` is the one the model conditioned the image on
+    (``AnomalyModule.batch_categories``):
     ``category_source`` says whether the data gave it (``given``, from ``<path>/<category>/`` or the one selected
     category) or the model predicted it (``predicted``: a flat folder of mixed categories, or
     ``model.category_source=predicted``); thresholds and overlays use it.
