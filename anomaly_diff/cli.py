@@ -30,7 +30,6 @@ What it adds to a plain LightningCLI:
 - The run directory is printed at the end.
 """
 
-import importlib
 import os
 import pickle
 import sys
@@ -53,6 +52,7 @@ from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRec
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.models.components.category_classifier import NotFittedError
+from anomaly_diff.utils.imports import import_class
 from anomaly_diff.utils.runs import LATEST, config_changes, point_latest
 
 
@@ -75,11 +75,6 @@ _OS_ERROR_HINTS = {
 }
 # ckpt_path values that Lightning resolves itself instead of reading a file.
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
-
-
-def _import(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 class AnomalyCLI(LightningCLI):
@@ -153,7 +148,7 @@ class AnomalyCLI(LightningCLI):
             return
         if model.init_args.get("categories") is None and config.get("data") is not None:
             data = config.data
-            datamodule = _import(data.class_path)(**vars(data.get("init_args", Namespace())))
+            datamodule = import_class(data.class_path)(**vars(data.get("init_args", Namespace())))
             model.init_args.categories = list(datamodule.categories)
 
     def before_fit(self) -> None:

@@ -6,7 +6,6 @@ Example:
     >>> result.anomaly_map.shape, result.score, result.anomalous  # doctest: +SKIP
 """
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from anomaly_diff.data.image_io import load_rgb
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.models.base import AnomalyModule
 from anomaly_diff.postprocessing import decide, to_image_resolution
+from anomaly_diff.utils.imports import import_class
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 """What :meth:`Detector.predict` accepts per image; a list of them, or a ``(B, 3, H, W)`` tensor, for several."""
@@ -99,8 +99,7 @@ class Detector:
         if class_path is None:
             raise ValueError(f"checkpoint {path} does not name its model class (it was not written by anomaly-diff "
                              "fit); load the model yourself and build Detector(model, image_size, crop_size)")
-        module, _, name = class_path.rpartition(".")
-        model_class = getattr(importlib.import_module(module), name)
+        model_class = import_class(class_path)
         data = checkpoint.get("datamodule_hyper_parameters") or {}
         image_size, crop_size = image_size or data.get("image_size"), crop_size or data.get("crop_size")
         if image_size is None or crop_size is None:

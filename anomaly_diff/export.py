@@ -30,7 +30,6 @@ extra: ``pip install anomaly-diff[export]``, which brings onnx, onnxscript and o
 """
 
 import argparse
-import importlib
 import importlib.util
 import json
 import math
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from anomaly_diff.cli import USER_ERRORS, _describe
 from anomaly_diff.models.components import anomaly_map as anomaly_map_module
 from anomaly_diff.models.components.anomaly_map import image_score
+from anomaly_diff.utils.imports import import_class
 from anomaly_diff.utils.io import atomic_write_text
 
 FORMATS = ("exported-program", "onnx", "torchscript")
@@ -202,14 +202,6 @@ def _read_checkpoint(ckpt_path: Path) -> dict:
         ) from error
 
 
-def _import(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ExportError(f"cannot import the model class {class_path!r} ({error})") from error
-
-
 def export(
     ckpt_path: str | Path,
     output: str | Path | None = None,
@@ -269,7 +261,11 @@ def export(
         raise FileExistsError(17, "the export's output exists", str(output))
     del checkpoint
 
-    module = _import(class_path).load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+    try:
+        model_type = import_class(class_path)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    module = model_type.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
     wrapper = export_module(module)
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(batch_size, 3, image_size, image_size, generator=generator)
