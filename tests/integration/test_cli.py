@@ -143,3 +143,13 @@ def test_traceback_on_request(tiny_config, monkeypatch):
     monkeypatch.setenv("ANOMALY_DIFF_TRACEBACK", "1")
     with pytest.raises(Exception, match="/nonexistent/mvtec"):
         main(["fit", "--config", str(tiny_config), "--data.init_args.root=/nonexistent/mvtec"])
+
+
+def test_reuse_latest_without_a_run_folder_logger_is_refused_with_one_line(tmp_path, tiny_config, capsys):
+    # --reuse_latest looks for <save_dir>/<name>/latest, which only a CSV or TensorBoard logger defines
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(tiny_config), "--reuse_latest=true", "--trainer.logger=false"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "--reuse_latest=true needs a CSV or TensorBoard logger as the first logger" in err
+    assert "got NoneType" in err and not (tmp_path / "runs").exists()
