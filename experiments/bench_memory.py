@@ -451,9 +451,8 @@ def predict_markdown(report: dict) -> list[str]:
             "here: the rows were about 0.5 KB per image, and the peak RSS of these runs varies by a few percent from "
             "run to run (before the fix the 1x run peaked above the 10x one). Growth of that order per image does "
             "happen with `--return_predictions=true`, when Lightning keeps every step output on the CPU (computed "
-            "from the output sizes, not measured: 64 KiB per image at 128 px for this model, 384 KiB for DeCo-Diff, "
-            "whose `predict_step` also returns the reconstruction and both map parts); the CLI sets it to false "
-            "unless asked.",
+            "from the output sizes, not measured: 64 KiB per image at 128 px, the map every model's `predict_step` "
+            "returns); the CLI sets it to false unless asked.",
         ]
     return lines
 

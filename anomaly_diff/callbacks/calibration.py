@@ -5,10 +5,9 @@ from collections import defaultdict
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 
 from anomaly_diff.callbacks.distributed import gather_objects
-from anomaly_diff.data.batch import Batch
+from anomaly_diff.data.batch import Batch, Prediction
 
 
 class NormalCalibration(Callback):
@@ -26,11 +25,10 @@ class NormalCalibration(Callback):
 
     At the end of every validation epoch of ``fit`` (not the sanity check) the model's ``score_thresholds``,
     ``map_ranges`` and ``score_ranges`` buffers are overwritten with the values of that epoch's weights, so every
-    checkpoint written after a validation carries the thresholds of its own weights. The scores come from
-    ``pl_module.predict_anomaly`` on the validation batches (the models' ``validation_step`` computes losses
-    only), gathered across DDP processes; duplicates a distributed sampler pads with are dropped by ``index``.
-    The prediction runs with the random states saved and restored, so calibrating never changes the training
-    (a diffusion sampler's noise would otherwise shift the random stream of every later step).
+    checkpoint written after a validation carries the thresholds of its own weights. The scores are those
+    ``validation_step`` returns while the callback needs them (a :class:`~anomaly_diff.data.batch.ValidationConsumer`;
+    the model predicts with the random states saved and restored, so calibrating never changes the training),
+    gathered across DDP processes; duplicates a distributed sampler pads with are dropped by ``index``.
 
     Args:
         quantile: The quantile of the validation normals' scores used as threshold, in ``(0, 1]``.
@@ -49,7 +47,8 @@ class NormalCalibration(Callback):
         self.every_n_epochs = every_n_epochs
         self._kept: dict[int, tuple[str, float, float, float]] = {}
 
-    def _calibrating(self, trainer: Trainer) -> bool:
+    def needs_validation_prediction(self, trainer: Trainer) -> bool:
+        """Whether this validation calibrates: not the sanity check; every ``every_n_epochs``-th and the final one."""
         if trainer.sanity_checking:
             return False
         epoch = trainer.current_epoch + 1
@@ -66,21 +65,19 @@ class NormalCalibration(Callback):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs,
+        outputs: Prediction,
         batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         """Keep each image's category, score and smallest and largest map value."""
-        if dataloader_idx != 0 or not self._calibrating(trainer):
+        if dataloader_idx != 0 or not self.needs_validation_prediction(trainer):
             return
-        with isolate_rng():  # a sampler's noise must not shift the training's random stream
-            prediction = pl_module.predict_anomaly(batch)
-        maps = prediction["anomaly_map"].detach().float().flatten(1)
+        maps = outputs["anomaly_map"].detach().float().flatten(1)
         rows = zip(
             batch["index"].tolist(),
             batch["category"],
-            prediction["pred_score"].detach().float().tolist(),
+            outputs["pred_score"].detach().float().tolist(),
             maps.amin(1).tolist(),
             maps.amax(1).tolist(),
             strict=True,
@@ -89,7 +86,7 @@ class NormalCalibration(Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the thresholds and colour ranges of the categories seen into the model's buffers."""
-        if not self._calibrating(trainer):
+        if not self.needs_validation_prediction(trainer):
             return
         kept = {}
         for part in gather_objects(trainer, self._kept):  # every rank gets every row: the buffers stay equal

@@ -36,9 +36,10 @@ class Evaluator(Callback):
     its own header and fails on a foreign one). With W&B loggers it also logs the table (the CSV's rows) as the
     ``wandb.Table`` ``test/metrics_table`` and, at setup, the CLI's resolved config (``anomaly_diff.loggers``).
 
-    Validation is evaluated only with ``evaluate_validation=True``: it needs anomalous validation images, and the
-    models' ``validation_step`` returns no maps, so the callback calls ``pl_module.predict_anomaly(batch)``; it
-    logs ``val/<metric>`` and keeps :attr:`validation_results`, writing no files.
+    Validation is evaluated only with ``evaluate_validation=True`` (it needs anomalous validation images): the
+    callback is then a :class:`~anomaly_diff.data.batch.ValidationConsumer`, so ``validation_step`` returns the
+    maps and scores, which it collects as in ``test``; it logs ``val/<metric>`` and keeps
+    :attr:`validation_results`, writing no files.
 
     Args:
         evaluate_validation: Also evaluate validation epochs (not the sanity check). Defaults to False.
@@ -109,30 +110,29 @@ class Evaluator(Callback):
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start an empty metric when validation is evaluated."""
-        if self._validating(trainer):
+        if self.needs_validation_prediction(trainer):
             self._start("val", trainer, pl_module)
 
     def on_validation_batch_end(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Prediction | None,
+        outputs: Prediction,
         batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Add the batch's maps and scores (predicted here when ``validation_step`` returned none)."""
-        if self._validating(trainer):
-            if not isinstance(outputs, Mapping) or "anomaly_map" not in outputs:
-                outputs = pl_module.predict_anomaly(batch)
+        """Add the batch's maps and scores."""
+        if self.needs_validation_prediction(trainer):
             self._update("val", trainer, outputs, batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute, log and keep the validation metrics."""
-        if self._validating(trainer):
+        if self.needs_validation_prediction(trainer):
             self.validation_results = self._finish("val", pl_module)
 
-    def _validating(self, trainer: Trainer) -> bool:
+    def needs_validation_prediction(self, trainer: Trainer) -> bool:
+        """Whether validation is evaluated: with ``evaluate_validation``, not in the sanity check."""
         return self.evaluate_validation and not trainer.sanity_checking
 
     def _start(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:

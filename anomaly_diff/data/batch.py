@@ -4,8 +4,9 @@ Both methods (DeCo-Diff, DRDC) and the shared evaluation callback read these nam
 new dataset format or a new model only has to honour this contract.
 """
 
-from typing import TypedDict
+from typing import Protocol, TypedDict, runtime_checkable
 
+from lightning.pytorch import Trainer
 from torch import Tensor
 
 
@@ -40,7 +41,7 @@ class Batch(TypedDict):
 
 
 class Prediction(TypedDict, total=False):
-    """What ``validation_step``/``test_step``/``predict_step`` of every model return.
+    """What ``test_step`` and ``predict_step`` of every model return, and ``validation_step`` when a callback needs it.
 
     Attributes:
         anomaly_map: ``(B, H, W)`` float32, same ``H, W`` as ``Batch.image``; higher is more anomalous.
@@ -49,3 +50,15 @@ class Prediction(TypedDict, total=False):
 
     anomaly_map: Tensor
     pred_score: Tensor
+
+
+@runtime_checkable
+class ValidationConsumer(Protocol):
+    """A callback that reads the :class:`Prediction` ``validation_step`` returns (in ``on_validation_batch_end``).
+
+    A model predicts the validation batches only while one of the trainer's callbacks needs them, once per batch for
+    all of them.
+    """
+
+    def needs_validation_prediction(self, trainer: Trainer) -> bool:
+        """Whether the current validation batches are to be predicted."""

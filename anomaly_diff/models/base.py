@@ -8,10 +8,11 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.data.batch import Batch, Prediction, ValidationConsumer
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.models.components.category_classifier import CategoryClassifier, NotFittedError
 from anomaly_diff.models.components.lr_schedulers import WarmupCosineLR
@@ -36,7 +37,8 @@ class AnomalyModule(LightningModule):
 
     A subclass writes two methods: ``compute_losses`` (training objective on a batch of normal
     images) and ``predict_anomaly`` (maps and scores). Metrics are never computed here: the
-    shared :class:`~anomaly_diff.callbacks.Evaluator` reads what ``test_step`` returns.
+    shared :class:`~anomaly_diff.callbacks.Evaluator` reads what ``test_step`` returns, and what ``validation_step``
+    returns when a callback needs validation predictions (:class:`~anomaly_diff.data.batch.ValidationConsumer`).
 
     Each category's decision threshold and overlay colour range live in the buffers ``score_thresholds``
     ``(C,)`` and ``map_ranges`` ``(C, 2)`` (NaN until set), so every checkpoint carries them;
@@ -131,7 +133,7 @@ class AnomalyModule(LightningModule):
         An image gets its given category unless ``category_source`` is ``"predicted"`` or the data does not tell it
         (:data:`~anomaly_diff.data.samples.UNKNOWN_CATEGORY`); then the category classifier's. A model maps them
         onto its classes with ``self.class_indices(self.batch_categories(batch))``. The answer for the last batch is
-        kept, so the model, its ``predict_step`` and the prediction writer ask the classifier once.
+        kept, so the model and the prediction writer ask the classifier once.
 
         Raises:
             NotFittedError: A category must be predicted but the classifier was never fitted (an old checkpoint).
@@ -151,11 +153,6 @@ class AnomalyModule(LightningModule):
                 names[i] = self.categories[index]
         self._resolved = (key, names)
         return list(names)
-
-    def sample_fields(self, batch: Batch) -> dict[str, list[str]]:
-        """The ``path``, ``category`` (:meth:`batch_categories`) and ``category_source`` of each sample."""
-        return {"path": batch["path"], "category": self.batch_categories(batch),
-                "category_source": self.category_sources(batch)}
 
     def _category_training_batches(self) -> DataLoader | None:
         """The training normals in order, whole (every process fits the same means); ``None`` without datamodule."""
@@ -219,21 +216,30 @@ class AnomalyModule(LightningModule):
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["label"]))
         return losses["loss"]
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Log the loss terms on held-out normal images as ``val/<name>``."""
+    def validation_step(self, batch: Batch, batch_idx: int) -> Prediction | None:
+        """Log the loss terms on held-out normal images as ``val/<name>``; return maps and scores when needed.
+
+        The batch is predicted once when a callback needs it (:class:`~anomaly_diff.data.batch.ValidationConsumer`:
+        validation metrics, threshold calibration), with the random states saved and restored: a sampler's noise
+        would otherwise shift the random stream of every later step, so validating never changes the training.
+        """
         losses = self._losses_checked(batch, "validation")
         self.log_dict(
             {f"val/{k}": v for k, v in losses.items()}, prog_bar=True, sync_dist=True, batch_size=len(batch["label"])
         )
+        if not any(isinstance(callback, ValidationConsumer) and callback.needs_validation_prediction(self.trainer)
+                   for callback in self.trainer.callbacks):
+            return None
+        with isolate_rng():
+            return self.predict_anomaly(batch)
 
     def test_step(self, batch: Batch, batch_idx: int) -> Prediction:
         """Return maps and scores for the evaluation callback."""
         return self.predict_anomaly(batch)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Prediction:
-        """Return maps and scores with the sample's path, category and its source (:meth:`sample_fields`)."""
-        prediction = self.predict_anomaly(batch)
-        return {**prediction, **self.sample_fields(batch)}
+        """Return maps and scores for the prediction writer."""
+        return self.predict_anomaly(batch)
 
     def configure_optimizers(self):
         """Build the optimiser (and scheduler, if one is configured) from the constructor's callables.

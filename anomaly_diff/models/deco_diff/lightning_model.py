@@ -164,8 +164,3 @@ class DeCoDiff(AnomalyModule):
         """Anomaly maps ``(B, H, W)`` and image scores ``(B,)``."""
         output = self.detect(batch)
         return {"anomaly_map": output.anomaly_map, "pred_score": output.pred_score}
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict:
-        """Maps, scores, reconstructions ``(B, 3, H, W)``, both map parts and ``sample_fields`` (path, category)."""
-        output = self.detect(batch)
-        return {**output._asdict(), **self.sample_fields(batch)}

@@ -65,10 +65,10 @@ def _architecture(hparams: dict) -> dict:
 class DRDC(AnomalyModule):
     """DRDC: base heatmap + diffusion refinement with dual conditioning + spatio-temporal fusion.
 
-    Built from the two stage checkpoints the first time; afterwards from its own checkpoint alone. ``test``
-    evaluates the fused map through the shared evaluator; ``predict`` returns every component
-    (:class:`~.torch_model.DRDCOutput`). ``fit`` (``max_epochs > 0``) fine-tunes both parts jointly on the sum of
-    their stage losses; the configs use ``max_epochs: 0``, so ``fit`` only tests.
+    Built from the two stage checkpoints the first time; afterwards from its own checkpoint alone. ``test`` and
+    ``predict`` score the fused map (:meth:`detect` returns every component, :class:`~.torch_model.DRDCOutput`).
+    ``fit`` (``max_epochs > 0``) fine-tunes both parts jointly on the sum of their stage losses; the configs use
+    ``max_epochs: 0``, so ``fit`` only tests.
 
     Args:
         categories: The categories of the data (filled by the CLI); must be among the checkpoints' categories,
@@ -150,7 +150,3 @@ class DRDC(AnomalyModule):
         """The fused map and its image score."""
         output = self.detect(batch)
         return {"anomaly_map": output.anomaly_map, "pred_score": output.pred_score}
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict:
-        """Every heatmap component (:class:`DRDCOutput`) with each sample's path, category and its source."""
-        return {**self.detect(batch)._asdict(), **self.sample_fields(batch)}

@@ -40,7 +40,7 @@ def run_epoch(callback, model, batches, trainer=None):
     trainer = trainer or fitting()
     callback.on_validation_epoch_start(trainer, model)
     for batch in batches:
-        callback.on_validation_batch_end(trainer, model, None, batch, 0)
+        callback.on_validation_batch_end(trainer, model, model.predict_anomaly(batch), batch, 0)
     callback.on_validation_epoch_end(trainer, model)
 
 

@@ -3,13 +3,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch import Trainer, seed_everything
 from torch.utils.data import DataLoader
 
+from anomaly_diff.callbacks import Evaluator, NormalCalibration
 from anomaly_diff.data import MVTecAD
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
-from anomaly_diff.models.base import AnomalyModule
+from anomaly_diff.models.base import CALIBRATION_BUFFERS, AnomalyModule
 from anomaly_diff.models.components.category_classifier import CategoryClassifier, NotFittedError
 from tests.helpers.data import write_mvtec_ad
+from tests.unit.callbacks.test_evaluation import Samples
 from tests.unit.models.components.test_category_classifier import PICTURES, batches, crops
 
 
@@ -60,12 +63,57 @@ def test_non_finite_loss_names_the_term_and_step(value):
         model.training_step(batch, 0)
 
 
-def test_predict_step_carries_path_and_category():
+def test_test_and_predict_steps_return_the_prediction():
     model = ConstantLoss(["a"])
     batch = {"image": torch.rand(2, 3, 4, 4), "path": ["x.png", "y.png"], "category": ["a", "a"]}
-    out = model.predict_step(batch, 0)
-    assert out["path"] == ["x.png", "y.png"] and out["category"] == ["a", "a"]
-    torch.testing.assert_close(out["anomaly_map"], batch["image"].mean(dim=1))
+    for out in (model.test_step(batch, 0), model.predict_step(batch, 0)):
+        assert out.keys() == {"anomaly_map", "pred_score"}
+        torch.testing.assert_close(out["anomaly_map"], batch["image"].mean(dim=1))
+
+
+class NoisyModel(ConstantLoss):
+    """Training and prediction both draw from the global random stream, as the diffusion models do."""
+
+    def __init__(self, categories):
+        super().__init__(categories)
+        self.predicted = []
+
+    def compute_losses(self, batch):
+        return {"loss": (self.weight - torch.rand(())) ** 2}
+
+    def predict_anomaly(self, batch):
+        self.predicted.append(batch["index"].tolist())
+        maps = batch["image"].mean(dim=1) + 0.01 * torch.rand(batch["image"].shape[0], *batch["image"].shape[2:])
+        return {"anomaly_map": maps, "pred_score": maps.flatten(1).amax(1)}
+
+
+def fit_noisy(tmp_path, callbacks) -> NoisyModel:
+    """Two epochs of NoisyModel on shuffled batches, validated after each (two batches), from seed 0."""
+    seed_everything(0)
+    model = NoisyModel(["a", "b", "c"])
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+                      default_root_dir=tmp_path, callbacks=callbacks)
+    trainer.fit(model, DataLoader(Samples(), batch_size=3, shuffle=True),
+                DataLoader(Samples(categories=["a"] * 4 + ["b"] * 4, seed=1), batch_size=4))
+    return model
+
+
+def test_validation_is_predicted_once_per_batch_for_every_callback_that_needs_it(tmp_path):
+    evaluator, calibration = Evaluator(evaluate_validation=True), NormalCalibration()
+    model = fit_noisy(tmp_path, [evaluator, calibration])
+    assert model.predicted == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2  # two validations (not the sanity check)
+    assert set(evaluator.validation_results["per_category"]) == {"a", "b"}
+    assert model.score_thresholds[:2].isfinite().all()
+
+
+def test_evaluating_validation_leaves_the_training_unchanged(tmp_path):
+    quiet = fit_noisy(tmp_path, [Evaluator(evaluate_validation=False)])
+    evaluated = fit_noisy(tmp_path, [Evaluator(evaluate_validation=True), NormalCalibration()])
+    assert quiet.predicted == [] and evaluated.predicted
+    weights = [{k: v for k, v in model.state_dict().items() if k not in CALIBRATION_BUFFERS}
+               for model in (quiet, evaluated)]
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=0, equal_nan=True)  # bit for bit
 
 
 def test_calibration_travels_in_checkpoints_and_old_checkpoints_load_uncalibrated(tmp_path):
@@ -108,9 +156,8 @@ def test_unknown_categories_are_predicted_and_given_ones_kept(monkeypatch):
                         classify(images))
     assert model.batch_categories(batch) == ["chelsea", "chelsea", "astronaut"]
     assert model.category_sources(batch) == ["given", "predicted", "predicted"]
-    out = model.predict_step(batch, 0)  # asks again: the answer for the same batch is kept
-    assert out["category"] == ["chelsea", "chelsea", "astronaut"]
-    assert out["category_source"] == ["given", "predicted", "predicted"] and calls == [2]
+    assert model.batch_categories(batch) == ["chelsea", "chelsea", "astronaut"]  # the same batch: answer kept
+    assert calls == [2]
 
 
 def test_category_source_predicted_ignores_the_given_labels():

@@ -101,16 +101,15 @@ def test_checkpoint_loads_without_the_autoencoder_folder(kind, tiny_autoencoder_
     assert torch.equal(first["pred_score"], second["pred_score"])
 
 
-def test_predict_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir, make_batch):
+def test_detect_returns_maps_scores_and_reconstructions(tiny_autoencoder_dir, make_batch):
     model = make_model(tiny_autoencoder_dir).eval()
     batch = make_batch(["brick", "coffee"])
-    out = model.predict_step(batch, 0)
-    assert set(out) == set(DeCoDiffOutput._fields) | {"path", "category", "category_source"}
-    assert out["reconstruction"].shape == (2, 3, 64, 64) and out["anomaly_map"].shape == (2, 64, 64)
-    assert out["path"] == batch["path"] and out["category"] == ["brick", "coffee"]
-    assert out["category_source"] == ["given", "given"]
-    prediction = model.test_step(batch, 0)
-    torch.testing.assert_close(prediction["anomaly_map"], out["anomaly_map"])
+    out = model.detect(batch)
+    assert set(out._fields) == set(DeCoDiffOutput._fields)
+    assert out.reconstruction.shape == (2, 3, 64, 64) and out.anomaly_map.shape == (2, 64, 64)
+    prediction = model.predict_step(batch, 0)
+    assert set(prediction) == {"anomaly_map", "pred_score"}
+    torch.testing.assert_close(prediction["anomaly_map"], out.anomaly_map)
 
 
 def test_ema_weights_are_what_is_evaluated_and_saved(tiny_autoencoder_dir, tmp_path, make_batch):
@@ -167,7 +166,8 @@ def test_detect_conditions_on_the_predicted_category_where_there_is_none_or_wher
     batch = make_batch(["brick", "brick"])
     batch["category"] = ["brick", UNKNOWN_CATEGORY]
     out = model.predict_step(batch, 0)
-    assert out["category"] == ["brick", "coffee"] and out["category_source"] == ["given", "predicted"]
+    assert model.batch_categories(batch) == ["brick", "coffee"]
+    assert model.category_sources(batch) == ["given", "predicted"]
     torch.testing.assert_close(out["anomaly_map"], model.model.detect(batch["image"], torch.tensor([0, 1])).anomaly_map)
     model.category_source = "predicted"
     predicted = model.model.detect(batch["image"], torch.tensor([1, 1])).anomaly_map

@@ -130,14 +130,13 @@ def test_base_fusion_is_the_base_map_and_never_runs_the_refinement(stages, monke
     assert output.correction_maps.shape[1] == 0 and not output.refinement_map.any()
 
 
-def test_combined_predict_step_returns_every_component(stages):
+def test_combined_detect_returns_every_component(stages):
     inpainting = InpaintingConfig(num_timesteps=2, start_timestep=20)
     model = DRDC(CATEGORIES, stages["base"], stages["refinement"], inpainting=inpainting).eval()
-    out = model.predict_step(batch(), 0)
-    assert set(out) == {"anomaly_map", "pred_score", "base_map", "refinement_map", "correction_maps", "path",
-                        "category", "category_source"}
-    assert out["correction_maps"].shape == (2, 1, 2, 2, 16, 16)  # default scales (1, 2)
-    assert set(model.test_step(batch(), 0)) == {"anomaly_map", "pred_score"}
+    out = model.detect(batch())
+    assert set(out._fields) == {"anomaly_map", "pred_score", "base_map", "refinement_map", "correction_maps"}
+    assert out.correction_maps.shape == (2, 1, 2, 2, 16, 16)  # default scales (1, 2)
+    assert set(model.predict_step(batch(), 0)) == set(model.test_step(batch(), 0)) == {"anomaly_map", "pred_score"}
 
 
 def test_combined_model_conditions_images_without_a_category_on_the_predicted_one(stages):
@@ -158,8 +157,7 @@ def test_combined_model_conditions_images_without_a_category_on_the_predicted_on
     torch.manual_seed(8)
     for got, want in zip(model.detect(unknown), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    fields = model.predict_step(unknown, 0)
-    assert fields["category"] == truth and fields["category_source"] == ["predicted"] * 4
+    assert model.category_sources(unknown) == ["predicted"] * 4
 
 
 def test_combined_loss_is_the_sum_of_the_stage_losses(stages):
