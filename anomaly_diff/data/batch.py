@@ -24,7 +24,6 @@ class Batch(TypedDict):
             predict (unknown; its mask is all zero).
         category: the category name of each sample; ``UNKNOWN_CATEGORY`` (``anomaly_diff.data.samples``) for an
             image to predict whose category the data does not tell, which the model predicts.
-        class_index: ``(B,)`` int64 index of the category in the sorted category list; ``-1`` for an unknown one.
         path: the image file of each sample.
         index: ``(B,)`` int64 position of the sample in its split; unique per split, so metrics
             can drop the duplicates a distributed sampler pads with.
@@ -35,7 +34,6 @@ class Batch(TypedDict):
     has_mask: Tensor
     label: Tensor
     category: list[str]
-    class_index: Tensor
     path: list[str]
     index: Tensor
 

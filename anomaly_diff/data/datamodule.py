@@ -130,18 +130,13 @@ class AnomalyDataModule(LightningDataModule, ABC):
 
     @property
     def categories(self) -> list[str]:
-        """The selected category names, sorted; a category's class index is its position here."""
+        """The selected category names, sorted."""
         return list(self._categories)
 
     @property
     def num_classes(self) -> int:
         """The number of selected categories."""
         return len(self._categories)
-
-    @property
-    def class_indices(self) -> dict[str, int]:
-        """Category name → class index."""
-        return {category: index for index, category in enumerate(self._categories)}
 
     def _select_categories(self, requested: list[str] | None) -> list[str]:
         if requested is not None and (isinstance(requested, str) or not requested):
@@ -179,7 +174,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
             if self.predict_dataset is None:
                 samples = prediction_samples(self.path, self._categories)
                 transform = build_transform(self.image_size, self.crop_size)
-                self.predict_dataset = AnomalyDataset(samples, self.class_indices, transform)
+                self.predict_dataset = AnomalyDataset(samples, self._categories, transform)
                 log.info("predicting %d images under %s", len(samples), self.path)
             return
         if self.train_dataset is None:
@@ -209,9 +204,9 @@ class AnomalyDataModule(LightningDataModule, ABC):
             test += [sample for sample in samples if sample.split == "test"]
         self._check_masks(test)
         transform = build_transform(self.image_size, self.crop_size)
-        self.train_dataset = AnomalyDataset(train, self.class_indices, transform)
-        self.val_dataset = AnomalyDataset(val, self.class_indices, transform)
-        self.test_dataset = AnomalyDataset(test, self.class_indices, transform)
+        self.train_dataset = AnomalyDataset(train, self._categories, transform)
+        self.val_dataset = AnomalyDataset(val, self._categories, transform)
+        self.test_dataset = AnomalyDataset(test, self._categories, transform)
         self.test_dataset.check_mask_sizes()  # fail before training, not after it
         log.info(
             "%s at %s: %d categories, %d train / %d val / %d test images (%d anomalous)",

@@ -1,6 +1,6 @@
 """The torch ``Dataset`` shared by every format: a sample table in, the fields of a ``Batch`` out."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.image_io import load_mask, load_rgb, read_size
-from anomaly_diff.data.samples import UNKNOWN_CATEGORY, UNKNOWN_CLASS_INDEX, Sample
+from anomaly_diff.data.samples import UNKNOWN_CATEGORY, Sample
 
 
 def build_transform(image_size: int = 288, crop_size: int = 256) -> A.Compose:
@@ -54,17 +54,16 @@ class AnomalyDataset(Dataset):
 
     Args:
         samples: The sample table of the split; a sample's position is its ``index``.
-        class_indices: Category name → class index (the position in the sorted category list); a sample of
-            ``UNKNOWN_CATEGORY`` gets ``UNKNOWN_CLASS_INDEX`` (:mod:`anomaly_diff.data.samples`).
+        categories: The selected category names; every sample is of one of them, or of ``UNKNOWN_CATEGORY``
+            (:mod:`anomaly_diff.data.samples`).
         transform: Applied to image and mask together, e.g. :func:`build_transform`.
     """
 
-    def __init__(self, samples: Sequence[Sample], class_indices: Mapping[str, int], transform: A.Compose) -> None:
-        unknown = sorted({sample.category for sample in samples} - class_indices.keys() - {UNKNOWN_CATEGORY})
+    def __init__(self, samples: Sequence[Sample], categories: Sequence[str], transform: A.Compose) -> None:
+        unknown = sorted({sample.category for sample in samples} - set(categories) - {UNKNOWN_CATEGORY})
         if unknown:
-            raise DatasetError(f"samples of categories {unknown} have no class index; known: {sorted(class_indices)}")
+            raise DatasetError(f"samples of categories {unknown} are not among the selected {sorted(categories)}")
         self.samples = list(samples)
-        self.class_indices = dict(class_indices)
         self.transform = transform
 
     def check_mask_sizes(self) -> None:
@@ -87,8 +86,8 @@ class AnomalyDataset(Dataset):
         Returns:
             The :class:`~anomaly_diff.data.batch.Batch` fields of one sample: ``image`` ``(3, H, W)``
             float32 in ``[0, 1]``, ``mask`` ``(H, W)`` float32 in ``{0, 1}`` (all zero for a normal image, and for
-            an image whose mask is not known), ``has_mask`` a bool scalar (:attr:`Sample.has_mask`), ``label``,
-            ``class_index`` and ``index`` int64 scalars, ``category`` and ``path`` strings.
+            an image whose mask is not known), ``has_mask`` a bool scalar (:attr:`Sample.has_mask`), ``label`` and
+            ``index`` int64 scalars, ``category`` and ``path`` strings.
 
         Raises:
             DatasetError: The image or mask cannot be read, or the mask's size differs from the image's.
@@ -108,7 +107,6 @@ class AnomalyDataset(Dataset):
             "has_mask": torch.tensor(sample.has_mask, dtype=torch.bool),
             "label": torch.tensor(sample.label, dtype=torch.long),
             "category": sample.category,
-            "class_index": torch.tensor(self.class_indices.get(sample.category, UNKNOWN_CLASS_INDEX), dtype=torch.long),
             "path": str(sample.image_path),
             "index": torch.tensor(index, dtype=torch.long),
         }

@@ -29,9 +29,6 @@ UNKNOWN_CATEGORY = "<unknown>"
 it is not under ``<path>/<category>/``): the model predicts it (``AnomalyModule.batch_categories``). No folder can
 be named so on Windows, and no category name comes from anywhere but folder names and configs."""
 
-UNKNOWN_CLASS_INDEX = -1
-"""The ``class_index`` of a sample of :data:`UNKNOWN_CATEGORY`."""
-
 MISSING_MASKS_HINT = (
     "to accept anomalous images without masks, set data.init_args.allow_missing_masks=true: their categories then "
     "get image metrics only, pixel metrics are reported as not available"

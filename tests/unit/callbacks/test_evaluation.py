@@ -53,7 +53,6 @@ class Samples(Dataset):
             "mask": self.masks[i],
             "label": torch.tensor(self.labels[i]),
             "category": self.categories[i],
-            "class_index": torch.tensor(sorted(set(self.categories)).index(self.categories[i])),
             "path": f"/data/{self.categories[i]}/test/{i:03d}.png",
             "index": torch.tensor(i),
         }

@@ -28,18 +28,14 @@ def test_categories_are_sorted_and_known_right_after_construction(root):
     datamodule = _datamodule(root)
     assert datamodule.categories == ["bottle", "carpet", "zipper"]
     assert datamodule.num_classes == 3
-    assert datamodule.class_indices == {"bottle": 0, "carpet": 1, "zipper": 2}
     assert datamodule.train_dataset is None  # nothing is read before setup
 
 
-def test_selected_categories_are_sorted_and_indexed_among_themselves(root):
+def test_selected_categories_are_sorted_and_only_theirs_are_read(root):
     datamodule = _datamodule(root, categories=["zipper", "bottle"])
     assert datamodule.categories == ["bottle", "zipper"]
     datamodule.setup("fit")
-    assert {(s.category, datamodule.class_indices[s.category]) for s in datamodule.train_dataset.samples} == {
-        ("bottle", 0),
-        ("zipper", 1),
-    }
+    assert {s.category for s in datamodule.train_dataset.samples} == {"bottle", "zipper"}
 
 
 def test_unknown_category_lists_the_known_ones(root):
@@ -162,7 +158,7 @@ def test_loaders_yield_batches_with_the_contract_fields(root):
     assert set(batch) == set(Batch.__annotations__)
     assert batch["image"].shape == (5, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert batch["mask"].shape == (5, 32, 32) and batch["mask"].dtype == torch.float32
-    for key in ("label", "class_index", "index"):
+    for key in ("label", "index"):
         assert batch[key].dtype == torch.int64
     assert torch.cat([batch["index"] for batch in batches]).tolist() == list(range(18))
     assert batch["path"] == [str(sample.image_path) for sample in test.dataset.samples[:5]]
@@ -294,4 +290,4 @@ def test_predict_on_a_flat_folder_of_mixed_categories_leaves_their_categories_to
     datamodule = _datamodule(tmp_path / "absent", categories=["bottle", "zipper"], path=str(images))
     datamodule.setup("predict")
     batch = next(iter(datamodule.predict_dataloader()))
-    assert batch["category"] == [UNKNOWN_CATEGORY, "zipper"] and batch["class_index"].tolist() == [-1, 1]
+    assert batch["category"] == [UNKNOWN_CATEGORY, "zipper"]

@@ -32,7 +32,7 @@ def _expected_nearest(mask, image_size, crop_size):
 def test_square_mask_stays_aligned_with_the_square_in_the_image(tmp_path, source):
     image, mask = _square_image_and_mask(source, int(0.4 * source), int(0.6 * source), int(0.3 * source), source // 2)
     sample = Sample(write_image(tmp_path / "i.png", image), write_image(tmp_path / "m.png", mask), 1, "a", "d", "test")
-    item = AnomalyDataset([sample], {"a": 0}, build_transform(288, 256))[0]
+    item = AnomalyDataset([sample], ["a"], build_transform(288, 256))[0]
 
     expected = _expected_nearest(mask, 288, 256)
     np.testing.assert_array_equal(item["mask"].numpy(), expected)
@@ -56,21 +56,21 @@ def test_item_has_the_batch_fields_and_dtypes(tmp_path):
     image, mask = _square_image_and_mask(40, 5, 15, 5, 15)
     mask_path = write_image(tmp_path / "d_m.png", mask)
     anomalous = Sample(write_image(tmp_path / "d.png", image), mask_path, 1, "a", "x", "test")
-    dataset = AnomalyDataset([normal, anomalous], {"a": 0, "b": 1}, build_transform(36, 32))
+    dataset = AnomalyDataset([normal, anomalous], ["a", "b"], build_transform(36, 32))
 
     item = dataset[0]
     assert set(item) == set(Batch.__annotations__)
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert 0 <= item["image"].min() and item["image"].max() <= 1
     assert item["mask"].shape == (32, 32) and item["mask"].dtype == torch.float32 and item["mask"].sum() == 0
-    assert (item["label"], item["class_index"], item["index"]) == (0, 1, 0)
+    assert (item["label"], item["index"]) == (0, 0)
     assert item["has_mask"].dtype == torch.bool and bool(item["has_mask"])
-    assert all(item[key].dtype == torch.int64 for key in ("label", "class_index", "index"))
+    assert all(item[key].dtype == torch.int64 for key in ("label", "index"))
     assert (item["category"], item["path"]) == ("b", str(tmp_path / "n.png"))
 
     batch = next(iter(DataLoader(dataset, batch_size=2)))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["mask"].shape == (2, 32, 32)
-    assert batch["label"].tolist() == [0, 1] and batch["class_index"].tolist() == [1, 0]
+    assert batch["label"].tolist() == [0, 1]
     assert batch["index"].tolist() == [0, 1] and batch["category"] == ["b", "a"]
     assert batch["mask"][1].sum() > 0 and batch["has_mask"].tolist() == [True, True]
 
@@ -78,18 +78,18 @@ def test_item_has_the_batch_fields_and_dtypes(tmp_path):
 def test_an_anomalous_image_without_mask_says_so(tmp_path):
     image, _ = _square_image_and_mask(40, 5, 15, 5, 15)
     unmasked = Sample(write_image(tmp_path / "d.png", image), None, 1, "a", "x", "test")
-    item = AnomalyDataset([unmasked], {"a": 0}, build_transform(36, 32))[0]
+    item = AnomalyDataset([unmasked], ["a"], build_transform(36, 32))[0]
     assert not bool(item["has_mask"]) and item["label"] == 1 and item["mask"].sum() == 0
 
 
 def test_mask_of_another_size_names_both_files_and_sizes(tmp_path):
     image_path = write_image(tmp_path / "img.png", np.zeros((30, 40, 3), dtype=np.uint8))
     mask_path = write_image(tmp_path / "img_mask.png", np.zeros((30, 30), dtype=np.uint8))
-    dataset = AnomalyDataset([Sample(image_path, mask_path, 1, "a", "d", "test")], {"a": 0}, build_transform(32, 32))
+    dataset = AnomalyDataset([Sample(image_path, mask_path, 1, "a", "d", "test")], ["a"], build_transform(32, 32))
     with pytest.raises(DatasetError, match=rf"mask {mask_path} is 30x30 .* its image {image_path} is 40x30"):
         dataset[0]
 
 
-def test_samples_of_a_category_without_class_index_are_refused(tmp_path):
-    with pytest.raises(DatasetError, match=r"categories \['z'\] have no class index"):
-        AnomalyDataset([Sample(tmp_path / "x.png", None, 0, "z", "good", "train")], {"a": 0}, build_transform())
+def test_samples_of_a_category_not_selected_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match=r"categories \['z'\] are not among the selected \['a'\]"):
+        AnomalyDataset([Sample(tmp_path / "x.png", None, 0, "z", "good", "train")], ["a"], build_transform())

@@ -35,7 +35,6 @@ def _make_batch(categories, size=64, seed=0):
         "mask": torch.zeros(n, size, size),
         "label": torch.zeros(n, dtype=torch.long),
         "category": list(categories),
-        "class_index": torch.zeros(n, dtype=torch.long),
         "path": [f"{i}.png" for i in range(n)],
         "index": torch.arange(n),
     }
