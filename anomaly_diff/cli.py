@@ -43,6 +43,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from anomaly_diff import __version__
 from anomaly_diff.callbacks.calibration import NormalCalibration
 from anomaly_diff.callbacks.evaluation import Evaluator, InvalidSampleError
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
@@ -52,7 +53,8 @@ from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRec
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.models.components.category_classifier import NotFittedError
-from anomaly_diff.utils.imports import import_class
+from anomaly_diff.utils.builtin_configs import CONFIG_DIR, UnknownConfigError, builtin_configs, resolve_config_args
+from anomaly_diff.utils.imports import MissingExtraError, import_class
 from anomaly_diff.utils.runs import LATEST, config_changes, point_latest
 
 
@@ -65,7 +67,7 @@ class ConfigError(ValueError):
 
 # Errors that describe bad input (data, weights, files, arguments): shown as one message, not a traceback.
 USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-               KeyError, FloatingPointError, InvalidSampleError, NotFittedError)
+               KeyError, FloatingPointError, InvalidSampleError, NotFittedError, MissingExtraError)
 
 # What an OSError about a path means for the user, appended to its message.
 _OS_ERROR_HINTS = {
@@ -278,17 +280,51 @@ def _describe(error: BaseException) -> str:
     return str(error)
 
 
+def configs_command(args: list[str]) -> None:
+    """``anomaly-diff configs``: the built-in configs' names and first comment lines; ``--path``: their folder."""
+    if args == ["--path"]:
+        print(CONFIG_DIR)
+        return
+    if args:
+        print(f"anomaly-diff configs: error: unexpected {' '.join(args)}; usage: anomaly-diff configs [--path]",
+              file=sys.stderr)
+        raise SystemExit(2)
+    configs = builtin_configs()
+    width = max(map(len, configs))
+    print("Built-in configs (--config <name>; to change one, copy it from the folder `anomaly-diff configs --path` "
+          "prints):")
+    for name, description in configs.items():
+        print(f"  {name:<{width}}  {description}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``anomaly-diff`` and ``lightning`` console scripts.
 
+    ``anomaly-diff --version`` prints the version; ``anomaly-diff configs`` lists the built-in configs (``--path``:
+    their folder), which ``--config`` takes by name (``anomaly_diff.utils.builtin_configs``).
     Bad input (see ``USER_ERRORS``) ends the process with exit code 1 and one line naming the culprit;
     ``ANOMALY_DIFF_TRACEBACK=1`` shows the whole traceback instead. Configuration errors (unknown keys, wrong
-    types) are LightningCLI's own: a usage message and exit code 2.
+    types, a ``--config`` that is neither a file nor a built-in name) end it with exit code 2.
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["export"]:  # not a Trainer method: anomaly_diff.export
         from anomaly_diff.export import export_main
         return export_main(list(argv[1:]))
+    if isinstance(argv, (list, tuple)):
+        if list(argv[:1]) == ["--version"]:
+            print(f"anomaly-diff {__version__}")
+            return None
+        if list(argv[:1]) == ["configs"]:
+            return configs_command(list(argv[1:]))
+        try:
+            resolved = resolve_config_args(list(argv))
+        except UnknownConfigError as error:
+            print(f"anomaly-diff: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        if args is None:  # LightningCLI warns when it gets args beside a command line: the console script's argv
+            sys.argv[1:] = resolved
+        else:
+            args = resolved
     try:
         AnomalyCLI(
             subclass_mode_model=True,

@@ -5,6 +5,8 @@
 use it alone with ``--trainer.logger=configs/loggers/wandb.yaml``. The callbacks log to every W&B logger of the
 trainer (Lightning's own ``WandbLogger`` included): the resolved config (:func:`log_resolved_config`), the metric
 table as a ``wandb.Table`` (``Evaluator``) and the heatmap panels as ``wandb.Image`` (``HeatmapWriter``).
+W&B is the ``wandb`` extra (``pip install 'anomaly-diff[wandb]'``); without it :class:`WandbLogger` refuses to start
+with one line saying so.
 """
 
 import netrc
@@ -18,6 +20,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from anomaly_diff.utils.imports import require_extra
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -69,6 +73,7 @@ class WandbLogger(LightningWandbLogger):
     """
 
     def __init__(self, offline: bool | None = None, save_dir: str | None = None, **kwargs: Any) -> None:
+        require_extra("wandb", "wandb", "W&B logging")
         if offline is None:
             offline = not wandb_is_set_up()
         if save_dir is None:

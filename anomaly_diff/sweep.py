@@ -4,7 +4,8 @@ Usage::
 
     python -m anomaly_diff.sweep configs/sweeps/deco_diff.yaml [--count N] [--project P] [--entity E]
 
-Before anything is created it checks that W&B can be used: ``WANDB_MODE`` must not be ``offline``/``disabled``,
+Before anything is created it checks that W&B can be used: the ``wandb`` extra must be installed (``pip install
+'anomaly-diff[wandb]'``), ``WANDB_MODE`` must not be ``offline``/``disabled``,
 credentials must be present (``wandb login`` or ``WANDB_API_KEY``) and the server must accept them. Otherwise it
 ends with exit code 1 and one line saying what to do. Then it creates the sweep (``wandb.sweep``; the project is
 ``--project``, else the file's ``project:``, else ``anomaly-diff``) and replaces itself by ``wandb agent
@@ -20,13 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from anomaly_diff.errors import SweepError
 from anomaly_diff.loggers import has_wandb_login
+from anomaly_diff.utils.imports import MissingExtraError, require_extra
 
 OFFLINE_MODES = ("offline", "disabled", "dryrun")
-
-
-class SweepError(RuntimeError):
-    """W&B cannot be used for a sweep, or the sweep file is unusable; the message says what to do."""
 
 
 def check_wandb(timeout: int = 10) -> str:
@@ -74,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
     args = parser.parse_args(argv)
     try:
+        require_extra("wandb", "wandb", "a W&B sweep")
         config = load_sweep(args.sweep)
         viewer_entity = check_wandb()
         entity = args.entity or os.environ.get("WANDB_ENTITY") or viewer_entity
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         import wandb
 
         sweep_id = wandb.sweep(config, project=project, entity=entity or None)
-    except SweepError as error:
+    except (SweepError, MissingExtraError) as error:
         print(f"make sweep: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     agent = shutil.which("wandb", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -1,7 +1,8 @@
 """What makes a run reproducible: its environment recorded next to its config, and resumable random state.
 
 - :class:`RunRecord` is the CLI's config saver: besides LightningCLI's ``config.yaml`` (which holds the resolved
-  config, ``seed_everything`` included) it writes ``environment.json`` into the run directory: the seed, Python,
+  config, ``seed_everything`` included) it writes ``environment.json`` into the run directory: the anomaly-diff
+  version (``anomaly_diff``, as ``anomaly-diff --version`` prints it), the seed, Python,
   the platform, the versions of the packages the results depend on, and the stage files the model loaded (path as
   configured, resolved path and content hash: ``loaded``).
 - :class:`RandomStateCheckpoint` stores the global random states (torch, CUDA, NumPy, Python) in every checkpoint
@@ -22,6 +23,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
+from anomaly_diff import __version__
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.utils.io import atomic_write_text
 
@@ -46,7 +48,7 @@ RECORDED_PACKAGES = (
 
 
 def environment_record(seed: int | None) -> dict[str, Any]:
-    """The seed, interpreter, platform, torch build and installed versions of :data:`RECORDED_PACKAGES`.
+    """The anomaly-diff version, seed, interpreter, platform, torch build and versions of :data:`RECORDED_PACKAGES`.
 
     Args:
         seed: The run's ``seed_everything`` (``None`` if unseeded).
@@ -61,6 +63,7 @@ def environment_record(seed: int | None) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return {
+        "anomaly_diff": __version__,
         "seed": seed,
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_diff.loggers import WandbLogger, wandb_is_set_up
+from anomaly_diff.utils.imports import MissingExtraError
 from tests.helpers.configs import TINY_AUTOENCODER, write_tiny_config
 from tests.helpers.data import write_mvtec_ad
 from tests.helpers.runs import run_dirs
@@ -87,3 +88,10 @@ def test_offline_unless_wandb_mode_or_a_login(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "w"))
     assert WandbLogger()._save_dir == str(tmp_path / "w")
+
+
+def test_without_the_wandb_extra_the_logger_says_which_extra_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
+    with pytest.raises(MissingExtraError) as error:
+        WandbLogger(save_dir=str(tmp_path))
+    assert str(error.value) == "W&B logging needs the wandb extra: pip install 'anomaly-diff[wandb]'"

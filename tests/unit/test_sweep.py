@@ -1,6 +1,7 @@
 """``make sweep``: W&B is checked before anything is created, and each failure is one line with exit code 1."""
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,11 @@ def error_of(capsys, argv) -> str:
 
 def test_not_logged_in(no_wandb, capsys):
     assert "not logged in to W&B" in error_of(capsys, [SWEEP]) and "wandb login" in error_of(capsys, [SWEEP])
+
+
+def test_without_the_wandb_extra(no_wandb, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
+    assert error_of(capsys, [SWEEP]).endswith("needs the wandb extra: pip install 'anomaly-diff[wandb]'")
 
 
 def test_offline_mode(no_wandb, capsys, monkeypatch):

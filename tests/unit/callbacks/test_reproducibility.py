@@ -1,3 +1,4 @@
+import importlib.metadata
 import io
 import json
 import random
@@ -38,6 +39,7 @@ def test_state_without_random_states_is_ignored():
 def test_environment_record_holds_seed_and_versions(tmp_path):
     record = environment_record(3)
     assert record["seed"] == 3 and record["torch"] == torch.__version__
+    assert record["anomaly_diff"] == importlib.metadata.version("anomaly-diff")  # as `anomaly-diff --version`
     assert {"torch", "lightning", "numpy"} <= record["packages"].keys()
     callback = RunRecord.__new__(RunRecord)  # only save_config is exercised: it reads .config
     callback.config = {"seed_everything": 5}
