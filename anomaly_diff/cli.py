@@ -48,7 +48,7 @@ from anomaly_diff.callbacks.calibration import NormalCalibration
 from anomaly_diff.callbacks.evaluation import Evaluator, InvalidSampleError
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
 from anomaly_diff.callbacks.predictions import PredictionWriter
-from anomaly_diff.callbacks.report import TestReport
+from anomaly_diff.callbacks.report import RunReport
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.loggers import run_directory
@@ -86,7 +86,7 @@ class AnomalyCLI(LightningCLI):
         """Add the always-on callbacks as config groups and the ``test_after_fit`` switch."""
         parser.add_lightning_class_args(Evaluator, "evaluator")
         parser.add_lightning_class_args(HeatmapWriter, "heatmaps")
-        parser.add_lightning_class_args(TestReport, "report")
+        parser.add_lightning_class_args(RunReport, "report")
         parser.add_lightning_class_args(NormalCalibration, "calibration")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

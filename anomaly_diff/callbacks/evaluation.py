@@ -8,7 +8,7 @@ from rich.console import Console
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.loggers import log_resolved_config, run_directory, wandb_loggers
 from anomaly_diff.metrics import AnomalyMetrics, SampleError
-from anomaly_diff.metrics.report import to_csv, to_json, to_markdown, to_rich_table, to_table
+from anomaly_diff.metrics.tables import to_csv, to_json, to_markdown, to_rich_table, to_table
 from anomaly_diff.utils.io import atomic_write_text
 
 

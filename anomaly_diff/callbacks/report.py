@@ -13,7 +13,7 @@ from anomaly_diff.callbacks.evaluation import Evaluator
 from anomaly_diff.callbacks.heatmaps import overlay_panel, sample_arrays, shared_colour_range, write_png
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.loggers import run_directory
-from anomaly_diff.metrics.report import to_markdown
+from anomaly_diff.metrics.tables import to_markdown
 from anomaly_diff.utils.io import atomic_write_text
 
 # The example kinds of a category: (title, label of the images, True when the highest scores are kept).
@@ -24,7 +24,7 @@ EXAMPLE_KINDS = {
 }
 
 
-class TestReport(Callback):
+class RunReport(Callback):
     """Write ``<run dir>/report.md`` at the end of ``test``, with its pictures in ``<run dir>/report/``.
 
     The report holds the per-category metric table (the :class:`~anomaly_diff.callbacks.Evaluator`'s results),
@@ -37,8 +37,6 @@ class TestReport(Callback):
     Args:
         examples: How many pictures of each kind per category. Defaults to 2.
     """
-
-    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, examples: int = 2) -> None:
         if examples < 0:

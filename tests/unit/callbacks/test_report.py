@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anomaly_diff.callbacks import report as report_module
-from anomaly_diff.callbacks.report import TestReport
+from anomaly_diff.callbacks.report import RunReport
 from tests.unit.callbacks.test_calibration import ScoreModel
 
 
@@ -46,7 +46,7 @@ def test_examples_are_the_extremes_of_each_category_with_ties_to_the_earlier_ima
     scores = rng.integers(0, 6, n).astype(float).tolist()  # many ties
     labels = rng.integers(0, 2, n).tolist()
     categories = [["a", "b"][i] for i in rng.integers(0, 2, n)]
-    reporters = [TestReport(examples=3) for _ in range(ranks)]
+    reporters = [RunReport(examples=3) for _ in range(ranks)]
     trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path),
                               callbacks=[], ckpt_path=None)
     model = ScoreModel(["a", "b"])
@@ -79,7 +79,7 @@ def test_examples_are_the_extremes_of_each_category_with_ties_to_the_earlier_ima
 def test_uncalibrated_categories_show_no_decisions(tmp_path):
     trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path),
                               callbacks=[], ckpt_path="x.ckpt")
-    reporter, model = TestReport(examples=0), ScoreModel(["a"])
+    reporter, model = RunReport(examples=0), ScoreModel(["a"])
     reporter.on_test_epoch_start(trainer, model)
     batch, outputs = next(fake_batches([1.0, 2.0], [0, 1], ["a", "a"]))
     reporter.on_test_batch_end(trainer, model, outputs, batch, 0)
@@ -91,4 +91,4 @@ def test_uncalibrated_categories_show_no_decisions(tmp_path):
 
 def test_negative_example_count_is_named():
     with pytest.raises(ValueError, match="report.examples must be >= 0, got -1"):
-        TestReport(examples=-1)
+        RunReport(examples=-1)

@@ -4,7 +4,7 @@ import json
 import math
 
 from anomaly_diff.metrics import METRIC_NAMES
-from anomaly_diff.metrics.report import UNDEFINED_NOTE, to_csv, to_json, to_markdown, to_rich_table
+from anomaly_diff.metrics.tables import UNDEFINED_NOTE, to_csv, to_json, to_markdown, to_rich_table
 
 RESULTS = {
     "mean": dict.fromkeys(METRIC_NAMES, 0.875),
