@@ -45,36 +45,18 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from anomaly_diff import __version__
 from anomaly_diff.callbacks.calibration import NormalCalibration
-from anomaly_diff.callbacks.evaluation import Evaluator, InvalidSampleError
+from anomaly_diff.callbacks.evaluation import Evaluator
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
 from anomaly_diff.callbacks.predictions import PredictionWriter
 from anomaly_diff.callbacks.report import RunReport
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
-from anomaly_diff.data.errors import DatasetError
+from anomaly_diff.errors import ConfigError, MissingFileError, UserError
 from anomaly_diff.loggers import run_directory
-from anomaly_diff.models.components.category_classifier import NotFittedError
 from anomaly_diff.utils.builtin_configs import CONFIG_DIR, UnknownConfigError, builtin_configs, resolve_config_args
-from anomaly_diff.utils.imports import MissingExtraError, import_class
+from anomaly_diff.utils.imports import import_class
+from anomaly_diff.utils.io import check_output_dir
 from anomaly_diff.utils.runs import LATEST, config_changes, point_latest
 
-
-class ConfigError(ValueError):
-    """A configured class refused its arguments, or a checkpoint does not fit the configuration.
-
-    The message names the argument or file and says what would be right.
-    """
-
-
-# Errors that describe bad input (data, weights, files, arguments): shown as one message, not a traceback.
-USER_ERRORS = (DatasetError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-               KeyError, FloatingPointError, InvalidSampleError, NotFittedError, MissingExtraError)
-
-# What an OSError about a path means for the user, appended to its message.
-_OS_ERROR_HINTS = {
-    NotADirectoryError: "a parent of this path is a file, not a directory; give a writable directory",
-    PermissionError: "this user may not read or write it; fix its permissions or give another path",
-    FileExistsError: "remove it or give another path",
-}
 # ckpt_path values that Lightning resolves itself instead of reading a file.
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 
@@ -124,7 +106,7 @@ class AnomalyCLI(LightningCLI):
             chain = [error]
             while chain[-1].__cause__ is not None and len(chain) < 20:
                 chain.append(chain[-1].__cause__)
-            own = next((cause for cause in chain if isinstance(cause, USER_ERRORS)), None)
+            own = next((cause for cause in chain if isinstance(cause, UserError)), None)
             if own is not None:
                 raise own from None
             if len(chain) > 1 and isinstance(chain[-1], ValueError):  # a constructor's argument check
@@ -132,8 +114,9 @@ class AnomalyCLI(LightningCLI):
             raise
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        """The configured trainer, plus the random states in checkpoints (exact resumes)."""
+        """The configured trainer, plus the random states in checkpoints (exact resumes); its output folders checked."""
         trainer = super().instantiate_trainer(**kwargs)
+        _check_output_dirs(trainer)
         trainer.callbacks.append(RandomStateCheckpoint())
         configured = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer.callbacks
         if isinstance(trainer.progress_bar_callback, TQDMProgressBar) and not any(
@@ -241,6 +224,16 @@ class AnomalyCLI(LightningCLI):
             print(f"Run directory: {run_dir}", file=sys.stderr if self.trainer.logger is None else sys.stdout)
 
 
+def _check_output_dirs(trainer: Trainer) -> None:
+    """Refuse a run folder the OS would refuse later, deep inside Lightning (a parent is a file, no permission)."""
+    check_output_dir(trainer.default_root_dir, "trainer.default_root_dir")
+    for logger in trainer.loggers:
+        if getattr(logger, "save_dir", None):
+            check_output_dir(logger.save_dir, f"{type(logger).__name__} save_dir")
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+        check_output_dir(trainer.checkpoint_callback.dirpath, "checkpoint.dirpath")
+
+
 def _check_checkpoint(config: Namespace) -> None:
     """Raise unless ``ckpt_path`` (if given) is a file holding a checkpoint of the configured model class."""
     ckpt_path = config.get("ckpt_path")
@@ -248,7 +241,7 @@ def _check_checkpoint(config: Namespace) -> None:
         return
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--ckpt_path {ckpt_path} does not exist; give a checkpoint file (<run dir>/checkpoints/*.ckpt) or, "
             "to resume a fit, 'last'"
         )
@@ -269,15 +262,6 @@ def _check_checkpoint(config: Namespace) -> None:
             f"is {configured.rpartition('.')[2]}; give a checkpoint of a {configured.rpartition('.')[2]} run or the "
             "config that trained it"
         )
-
-
-def _describe(error: BaseException) -> str:
-    """The one-line message of a user error."""
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])
-    if isinstance(error, OSError) and error.filename and type(error) in _OS_ERROR_HINTS:
-        return f"{error.strerror or error}: {error.filename}; {_OS_ERROR_HINTS[type(error)]}"
-    return str(error)
 
 
 def configs_command(args: list[str]) -> None:
@@ -302,9 +286,10 @@ def main(args: list[str] | None = None) -> None:
 
     ``anomaly-diff --version`` prints the version; ``anomaly-diff configs`` lists the built-in configs (``--path``:
     their folder), which ``--config`` takes by name (``anomaly_diff.utils.builtin_configs``).
-    Bad input (see ``USER_ERRORS``) ends the process with exit code 1 and one line naming the culprit;
-    ``ANOMALY_DIFF_TRACEBACK=1`` shows the whole traceback instead. Configuration errors (unknown keys, wrong
-    types, a ``--config`` that is neither a file nor a built-in name) end it with exit code 2.
+    Bad input (an :class:`~anomaly_diff.errors.UserError`) ends the process with exit code 1 and one line naming the
+    culprit (``ANOMALY_DIFF_TRACEBACK=1`` shows the traceback instead); any other error is a bug and keeps its
+    traceback. Configuration errors (unknown keys, wrong types, a ``--config`` that is neither a file nor a built-in
+    name) end it with exit code 2.
     """
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["export"]:  # not a Trainer method: anomaly_diff.export
@@ -335,8 +320,8 @@ def main(args: list[str] | None = None) -> None:
             args=args,
             auto_configure_optimizers=False,
         )
-    except USER_ERRORS as error:
+    except UserError as error:
         if os.environ.get("ANOMALY_DIFF_TRACEBACK"):
             raise
-        print(f"anomaly-diff: error: {type(error).__name__}: {_describe(error)}", file=sys.stderr)
+        print(f"anomaly-diff: error: {type(error).__name__}: {error}", file=sys.stderr)
         raise SystemExit(1) from error

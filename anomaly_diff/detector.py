@@ -18,6 +18,7 @@ from PIL import Image
 from anomaly_diff.data.dataset import build_transform
 from anomaly_diff.data.image_io import load_rgb
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
+from anomaly_diff.errors import MissingFileError
 from anomaly_diff.models.base import AnomalyModule
 from anomaly_diff.postprocessing import decide, to_image_resolution
 from anomaly_diff.utils.imports import import_class
@@ -93,7 +94,7 @@ class Detector:
         """
         path = Path(path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; give a <run dir>/checkpoints/*.ckpt file")
+            raise MissingFileError(f"checkpoint {path} does not exist; give a <run dir>/checkpoints/*.ckpt file")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
         if class_path is None:
@@ -138,7 +139,7 @@ class Detector:
         names = [category] * count if isinstance(category, str) else list(category)
         if len(names) != count:
             raise ValueError(f"{len(names)} categories for {count} images; give one per image, one for all, or None")
-        self.model.class_indices(names)  # a clear KeyError for a category the model does not know
+        self.model.class_indices(names)  # a clear UnknownCategoryError for a category the model does not know
         return names
 
     def _predict_batch(self, arrays: list[np.ndarray], categories: list[str], start: int) -> list[Detection]:

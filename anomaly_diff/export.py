@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from anomaly_diff.cli import USER_ERRORS, _describe
+from anomaly_diff.errors import ConfigError, MissingFileError, OutputPathError, UserError
 from anomaly_diff.models.components import anomaly_map as anomaly_map_module
 from anomaly_diff.models.components.anomaly_map import image_score
 from anomaly_diff.utils.imports import import_class
@@ -68,10 +68,6 @@ _DRDC_REFUSED = (
     "(torch.randn_like), so no exported graph reproduces its eager maps; export its base stage instead (the "
     "DRDCBase checkpoint of configs/drdc/base/<dataset>.yaml)"
 )
-
-
-class ExportError(ValueError):
-    """A checkpoint, model or format that cannot be exported; the message says why and what would work."""
 
 
 class DeCoDiffExport(nn.Module):
@@ -109,7 +105,7 @@ def export_module(module: nn.Module) -> nn.Module:
     """The pure-tensor module of a loaded anomaly model (a DeCoDiff or DRDCBase LightningModule), in eval mode.
 
     Raises:
-        ExportError: The model has no exportable form (the full DRDC, or another class).
+        ConfigError: The model has no exportable form (the full DRDC, or another class).
     """
     from anomaly_diff.models.deco_diff import DeCoDiff
     from anomaly_diff.models.drdc import DRDC as DRDCModule
@@ -120,8 +116,8 @@ def export_module(module: nn.Module) -> nn.Module:
     if isinstance(module, DRDCBase):
         return DRDCBaseExport(module.model, module.top_k).eval()
     if isinstance(module, DRDCModule):
-        raise ExportError(_DRDC_REFUSED)
-    raise ExportError(
+        raise ConfigError(_DRDC_REFUSED)
+    raise ConfigError(
         f"{type(module).__name__} cannot be exported: only DeCoDiff ({DECO_DIFF}) and DRDCBase ({DRDC_BASE}) can"
     )
 
@@ -144,7 +140,7 @@ def _fresh_map_caches() -> Iterator[None]:
 def _require_onnx() -> None:
     missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        raise ExportError(
+        raise ConfigError(
             f"--format onnx needs the packages {', '.join(missing)}: pip install anomaly-diff[export] "
             "(or pip install onnx onnxscript onnxruntime)"
         )
@@ -186,18 +182,18 @@ def run_artifact(path: str | Path, format: str, image: Tensor, class_index: Tens
         names = {node.name for node in session.get_inputs()}
         outputs = session.run(list(OUTPUT_NAMES), {name: value for name, value in feed.items() if name in names})
         return tuple(torch.from_numpy(array) for array in outputs)
-    raise ExportError(f"unknown format {format!r}: use one of {list(FORMATS)}")
+    raise ConfigError(f"unknown format {format!r}: use one of {list(FORMATS)}")
 
 
 def _read_checkpoint(ckpt_path: Path) -> dict:
     if not ckpt_path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--ckpt_path {ckpt_path} does not exist; give a checkpoint file (<run dir>/checkpoints/*.ckpt)"
         )
     try:  # our own checkpoints: the hyper-parameters hold dataclasses, which weights_only refuses
         return torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as error:  # zip, EOF, pickle and torch errors of many types
-        raise ExportError(
+        raise ConfigError(
             f"--ckpt_path {ckpt_path} is not a readable checkpoint ({error}); give a .ckpt file written by a run"
         ) from error
 
@@ -224,47 +220,47 @@ def export(
         overwrite: Replace an existing ``output``.
 
     Raises:
-        FileNotFoundError: No checkpoint at ``ckpt_path``.
-        FileExistsError: ``output`` exists and ``overwrite`` is false.
-        ExportError: Unknown format, missing ONNX packages, unknown image size, or a model that cannot be exported.
+        MissingFileError: No checkpoint at ``ckpt_path``.
+        OutputPathError: ``output`` exists and ``overwrite`` is false.
+        ConfigError: Unknown format, missing ONNX packages, unknown image size, or a model that cannot be exported.
     """
     if format not in FORMATS:
-        raise ExportError(f"unknown --format {format!r}: use one of {list(FORMATS)}")
+        raise ConfigError(f"unknown --format {format!r}: use one of {list(FORMATS)}")
     if batch_size < 1:
-        raise ExportError(f"--batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
     if format == "onnx":
         _require_onnx()
     ckpt_path = Path(ckpt_path).expanduser()
     checkpoint = _read_checkpoint(ckpt_path)
     class_path = model_class or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if not class_path:
-        raise ExportError(
+        raise ConfigError(
             f"{ckpt_path} does not name its model class (hyper_parameters._class_path, which checkpoints of "
             f"`anomaly-diff fit` hold); give it with --model_class, e.g. --model_class {DECO_DIFF}"
         )
     class_path = _ALIASES.get(class_path, class_path)
     if class_path == DRDC:
-        raise ExportError(_DRDC_REFUSED)
+        raise ConfigError(_DRDC_REFUSED)
     if class_path not in (DECO_DIFF, DRDC_BASE):
-        raise ExportError(
+        raise ConfigError(
             f"{ckpt_path} is a checkpoint of {class_path}, which cannot be exported: only DeCoDiff ({DECO_DIFF}) "
             f"and DRDCBase ({DRDC_BASE}) can"
         )
     if image_size is None:
         image_size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("crop_size")
         if image_size is None:
-            raise ExportError(
+            raise ConfigError(
                 f"{ckpt_path} does not record the crop size of its data; give the input side with --image_size"
             )
     output = Path(output).expanduser() if output is not None else ckpt_path.with_suffix(SUFFIXES[format])
     if output.exists() and not overwrite:
-        raise FileExistsError(17, "the export's output exists", str(output))
+        raise OutputPathError(f"the export's output exists: {output}; remove it or give another path, or --overwrite")
     del checkpoint
 
     try:
         model_type = import_class(class_path)
     except ValueError as error:
-        raise ExportError(str(error)) from error
+        raise ConfigError(str(error)) from error
     module = model_type.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
     wrapper = export_module(module)
     generator = torch.Generator().manual_seed(0)
@@ -332,10 +328,10 @@ def export_main(args: list[str]) -> None:
     try:
         path = export(options.ckpt_path, options.output, options.format, options.batch_size, options.image_size,
                       options.model_class, options.overwrite)
-    except (ExportError, *USER_ERRORS) as error:
+    except UserError as error:
         if os.environ.get("ANOMALY_DIFF_TRACEBACK"):
             raise
-        print(f"anomaly-diff: error: {type(error).__name__}: {_describe(error)}", file=sys.stderr)
+        print(f"anomaly-diff: error: {type(error).__name__}: {error}", file=sys.stderr)
         raise SystemExit(1) from error
     record = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
     differences = ", ".join(f"{k} {v:.2e}" for k, v in record["max_abs_difference_from_eager"].items())

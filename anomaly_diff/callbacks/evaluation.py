@@ -6,17 +6,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.errors import InvalidSampleError
 from anomaly_diff.loggers import log_resolved_config, run_directory, wandb_loggers
-from anomaly_diff.metrics import AnomalyMetrics, SampleError
+from anomaly_diff.metrics import AnomalyMetrics
 from anomaly_diff.metrics.tables import to_csv, to_json, to_markdown, to_rich_table, to_table
 from anomaly_diff.utils.io import atomic_write_text
-
-
-class InvalidSampleError(ValueError):
-    """A test or validation image cannot be scored (non-finite map or score, a mask or label out of range).
-
-    The message names the image's file; metrics are never computed over such a sample.
-    """
 
 
 class Evaluator(Callback):
@@ -160,7 +154,7 @@ class Evaluator(Callback):
                 batch["index"] * num_loaders + dataloader_idx,  # unique across dataloaders
                 batch.get("has_mask"),
             )
-        except SampleError as error:
+        except InvalidSampleError as error:
             raise InvalidSampleError(f"{stage} image {batch['path'][error.index]}: {error}") from error
 
     def _finish(self, stage: str, pl_module: LightningModule) -> dict[str, dict]:

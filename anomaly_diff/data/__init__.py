@@ -5,7 +5,6 @@ from anomaly_diff.data.btad import BTAD
 from anomaly_diff.data.datamodule import AnomalyDataModule
 from anomaly_diff.data.dataset import AnomalyDataset, build_transform
 from anomaly_diff.data.embedded import Embedded
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.folder import Folder
 from anomaly_diff.data.mvtec_ad import MVTecAD
 from anomaly_diff.data.samples import Sample
@@ -16,7 +15,6 @@ __all__ = [
     "AnomalyDataModule",
     "AnomalyDataset",
     "Batch",
-    "DatasetError",
     "Embedded",
     "Folder",
     "MVTecAD",

@@ -17,8 +17,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from anomaly_diff.data.dataset import AnomalyDataset, build_transform
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.samples import MISSING_MASKS_HINT, Sample, prediction_samples, seeded_subset
+from anomaly_diff.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.image_io import load_mask, load_rgb, read_size
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY, Sample
+from anomaly_diff.errors import DatasetError
 
 
 def build_transform(image_size: int = 288, crop_size: int = 256) -> A.Compose:

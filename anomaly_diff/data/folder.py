@@ -28,7 +28,6 @@ in it, may be missing).
 from pathlib import Path
 
 from anomaly_diff.data.datamodule import AnomalyDataModule
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.samples import (
     MaskIndex,
     Sample,
@@ -37,6 +36,7 @@ from anomaly_diff.data.samples import (
     require_directory,
     seeded_subset,
 )
+from anomaly_diff.errors import DatasetError
 
 
 class Folder(AnomalyDataModule):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomaly_diff.data.errors import DatasetError
+from anomaly_diff.errors import DatasetError
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _SINGLE_CHANNEL_MODES = ("1", "L", "P", "F", *_SIXTEEN_BIT_MODES)

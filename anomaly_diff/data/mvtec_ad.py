@@ -11,8 +11,8 @@ Layout (Bergmann et al., "MVTec AD", CVPR 2019)::
 from pathlib import Path
 
 from anomaly_diff.data.datamodule import AnomalyDataModule
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.samples import MaskIndex, Sample, list_images, list_subdirectories, require_directory
+from anomaly_diff.errors import DatasetError
 
 
 def find_category_directories(root: Path, layout: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 
-from anomaly_diff.data.errors import DatasetError
+from anomaly_diff.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -54,6 +54,7 @@ import skimage.data
 from PIL import Image
 from scipy import ndimage
 
+from anomaly_diff.errors import OutputPathError
 from anomaly_diff.utils.io import atomic_write_text
 
 GENERATOR_VERSION = 3
@@ -582,26 +583,25 @@ def _read_manifest(root: Path) -> dict | None:
     """The manifest of a data set this module wrote at ``root``; ``None`` if ``root`` is missing or empty.
 
     Raises:
-        FileExistsError: If ``root`` holds anything but such a data set (it is never overwritten).
-        NotADirectoryError: If ``root`` is a file.
+        OutputPathError: If ``root`` is a file or holds anything but such a data set (it is never overwritten).
     """
     if not root.exists():
         return None
     if not root.is_dir():
-        raise NotADirectoryError(f"Embedded data set root {root} is a file; give a directory that is empty or new")
+        raise OutputPathError(f"Embedded data set root {root} is a file; give a directory that is empty or new")
     manifest_path = root / MANIFEST_NAME
     if manifest_path.is_file():
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise FileExistsError(f"{manifest_path} is not valid JSON ({error}); refusing to overwrite {root}. "
+            raise OutputPathError(f"{manifest_path} is not valid JSON ({error}); refusing to overwrite {root}. "
                                   "Delete it or choose another --output") from error
         if isinstance(manifest, dict) and manifest.get("generator") == GENERATOR_NAME:
             return manifest
-        raise FileExistsError(f"{manifest_path} was not written by {GENERATOR_NAME}; refusing to overwrite {root}. "
+        raise OutputPathError(f"{manifest_path} was not written by {GENERATOR_NAME}; refusing to overwrite {root}. "
                               "Delete it or choose another --output")
     if any(root.iterdir()):
-        raise FileExistsError(f"{root} exists, is not empty and holds no {MANIFEST_NAME} of an embedded data set; "
+        raise OutputPathError(f"{root} exists, is not empty and holds no {MANIFEST_NAME} of an embedded data set; "
                               "refusing to overwrite it. Give an empty or new directory")
     return None
 
@@ -663,8 +663,7 @@ def generate_embedded_dataset(
 
     Raises:
         ValueError: If a count, the size, a category or the difficulty is invalid.
-        FileExistsError: If ``root`` is non-empty and holds no embedded data set.
-        NotADirectoryError: If ``root`` is a file.
+        OutputPathError: If ``root`` is a file, or non-empty and holds no embedded data set.
     """
     root = Path(root).expanduser().absolute()
     _check_difficulty(difficulty)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from anomaly_diff.data.datamodule import AnomalyDataModule
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.mvtec_ad import find_category_directories, make_mvtec_style_samples
 from anomaly_diff.data.samples import MISSING_MASKS_HINT, Sample, require_directory
+from anomaly_diff.errors import DatasetError
 
 SPLIT_CSV_COLUMNS = ("object", "split", "label", "image", "mask")
 _LABELS = {"normal": 0, "anomaly": 1}

@@ -1,5 +1,5 @@
 """Anomaly detection metrics: exact (or binned) image and pixel AUROC, AUPRC, F1max and AUPRO per category."""
 
-from anomaly_diff.metrics.anomaly_metrics import METRIC_NAMES, AnomalyMetrics, SampleError
+from anomaly_diff.metrics.anomaly_metrics import METRIC_NAMES, AnomalyMetrics
 
-__all__ = ["METRIC_NAMES", "AnomalyMetrics", "SampleError"]
+__all__ = ["METRIC_NAMES", "AnomalyMetrics"]

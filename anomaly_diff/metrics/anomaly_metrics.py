@@ -26,6 +26,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
+from anomaly_diff.errors import InvalidSampleError
 from anomaly_diff.metrics.aupro import AUPROAccumulator
 from anomaly_diff.metrics.auroc import AUROCAccumulator
 from anomaly_diff.metrics.average_precision import AveragePrecisionAccumulator
@@ -43,18 +44,6 @@ METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
 _NON_FINITE_HINT = (
     "the model computed them (check its checkpoint for a diverged training, or run with --trainer.precision=32-true)"
 )
-
-
-class SampleError(ValueError):
-    """A sample given to :meth:`AnomalyMetrics.update` is invalid.
-
-    Attributes:
-        index: The sample's position in the batch, so callers can name its file.
-    """
-
-    def __init__(self, index: int, message: str) -> None:
-        super().__init__(message)
-        self.index = index
 
 
 def category_key(name: str) -> int:
@@ -162,8 +151,8 @@ class AnomalyMetrics(Metric):
                 ``None``: all are. A category with any sample without one gets no pixel metrics (not available).
 
         Raises:
-            SampleError: A sample is invalid (non-finite values, mask or label outside ``{0, 1}``, a normal label
-                with anomalous pixels, a map of another size than its mask); ``index`` says which.
+            InvalidSampleError: A sample is invalid (non-finite values, mask or label outside ``{0, 1}``, a normal
+                label with anomalous pixels, a map of another size than its mask); ``index`` says which.
             ValueError: The batch's parts disagree in length or have the wrong number of dimensions.
         """
         batch = _validate(anomaly_maps, masks, image_scores, image_labels, categories, sample_ids, has_masks)
@@ -425,10 +414,10 @@ def _validate(
     if masks.ndim != 3 or masks.shape[0] != batch:
         raise ValueError(f"masks must be (B, H, W) with B = {batch} like anomaly_maps, got {tuple(masks.shape)}")
     if masks.shape != anomaly_maps.shape:
-        raise SampleError(
-            0,
+        raise InvalidSampleError(
             f"anomaly map size {tuple(anomaly_maps.shape[1:])} differs from the mask size {tuple(masks.shape[1:])}: "
             "the model must return maps at the resolution of the ground-truth masks",
+            index=0,
         )
     sized = (("image_scores", image_scores), ("image_labels", image_labels), ("sample_ids", sample_ids),
              ("has_masks", has_masks))
@@ -451,7 +440,7 @@ def _validate(
     for bad, reason in checks:
         if bool(bad.any()):
             index = int(bad.nonzero()[0, 0])
-            raise SampleError(index, f"sample {index} of the batch is invalid: {reason}")
+            raise InvalidSampleError(f"sample {index} of the batch is invalid: {reason}", index)
     return batch
 
 

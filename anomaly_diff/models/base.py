@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from anomaly_diff.data.batch import Batch, Prediction, ValidationConsumer
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
-from anomaly_diff.models.components.category_classifier import CategoryClassifier, NotFittedError
+from anomaly_diff.errors import NonFiniteLossError, NotFittedError, UnknownCategoryError
+from anomaly_diff.models.components.category_classifier import CategoryClassifier
 from anomaly_diff.models.components.lr_schedulers import WarmupCosineLR
 
 # The calibration buffers (name -> shape after the category axis), NaN until NormalCalibration sets them:
@@ -110,12 +111,12 @@ class AnomalyModule(LightningModule):
             ``(B,)`` int64 class indices on the module's device.
 
         Raises:
-            KeyError: A name is not one the model was trained on.
+            UnknownCategoryError: A name is not one the model was trained on.
         """
         lookup = {name: index for index, name in enumerate(self.categories)}
         unknown = sorted(set(categories) - lookup.keys())
         if unknown:
-            raise KeyError(
+            raise UnknownCategoryError(
                 f"unknown categories {unknown}: this model knows {self.categories}; select only those "
                 "(data.init_args.categories) or train a model on the others"
             )
@@ -203,7 +204,7 @@ class AnomalyModule(LightningModule):
         losses = self.compute_losses(batch)
         for name, value in losses.items():
             if not torch.isfinite(value).all():
-                raise FloatingPointError(
+                raise NonFiniteLossError(
                     f"non-finite {stage} loss term {name!r} = {value.item()} at global step {self.global_step} "
                     f"(epoch {self.current_epoch}); lower the learning rate, check the input data, "
                     "or train with --trainer.precision=32-true"

@@ -1,4 +1,4 @@
-"""Writing result files and folders so that a killed run never leaves a half-written one."""
+"""Writing result files and folders so that a killed run never leaves a half-written one; checking output folders."""
 
 import os
 import shutil
@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, TextIO
+
+from anomaly_diff.errors import OutputPathError
 
 
 def _umask() -> int:
@@ -106,3 +108,24 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], object]) -> Path 
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return kept
+
+
+def check_output_dir(path: str | Path, name: str) -> None:
+    """Raise :class:`OutputPathError` unless directory ``path`` exists or can be created, and is writable.
+
+    A remote path (``s3://...``) is left to its file system.
+
+    Args:
+        path: The directory a run writes into.
+        name: The option that names it, for the message (e.g. ``"trainer.logger.init_args.save_dir"``).
+    """
+    if "://" in str(path):
+        return
+    path = Path(path).expanduser().absolute()
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise OutputPathError(f"{name}={path}: {existing} is a file, not a directory; give a writable directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(
+            f"{name}={path}: this user may not write in {existing}; fix its permissions or give another directory"
+        )

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from anomaly_diff.errors import OutputPathError
+
 LATEST = "latest"
 
 # Config keys that say where a run writes and how it shows progress, not what it trains: two runs that differ only
@@ -39,12 +41,12 @@ def point_latest(run_dir: str | Path) -> str:
         One line saying what the pointer now names and what it named before (that run stays where it is).
 
     Raises:
-        FileExistsError: ``latest`` exists and is not a link (a folder of that name would be replaced).
+        OutputPathError: ``latest`` exists and is not a link (a folder of that name would be replaced).
     """
     run_dir = Path(run_dir)
     link = run_dir.parent / LATEST
     if link.exists() and not link.is_symlink():
-        raise FileExistsError(f"{link} is not a link made by a run; move it away, it names the newest complete run")
+        raise OutputPathError(f"{link} is not a link made by a run; move it away, it names the newest complete run")
     previous = os.readlink(link) if link.is_symlink() else None
     temporary = link.with_name(f".{LATEST}.{os.getpid()}.tmp")
     temporary.unlink(missing_ok=True)

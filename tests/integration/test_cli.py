@@ -11,8 +11,10 @@ import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from anomaly_diff import cli
 from anomaly_diff.cli import main
 from anomaly_diff.data import MVTecAD
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.autoencoder import Autoencoder
 from tests.helpers.runs import run_dirs
 
@@ -143,6 +145,29 @@ def test_traceback_on_request(tiny_config, monkeypatch):
     monkeypatch.setenv("ANOMALY_DIFF_TRACEBACK", "1")
     with pytest.raises(Exception, match="/nonexistent/mvtec"):
         main(["fit", "--config", str(tiny_config), "--data.init_args.root=/nonexistent/mvtec"])
+
+
+def test_only_user_errors_end_with_one_line(tiny_config, monkeypatch, capsys):
+    # a bug's KeyError (here from a check that runs on every command) keeps its traceback; a UserError is one line
+    monkeypatch.delenv("ANOMALY_DIFF_TRACEBACK", raising=False)
+
+    def lookup_bug(config):
+        return {}["ckpt_path"]
+
+    monkeypatch.setattr(cli, "_check_checkpoint", lookup_bug)
+    with pytest.raises(KeyError, match="ckpt_path"):
+        main(["fit", "--config", str(tiny_config)])
+
+    def refuse(config):
+        raise ConfigError("--ckpt_path x is refused; give another")
+
+    monkeypatch.setattr(cli, "_check_checkpoint", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(tiny_config)])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "anomaly-diff: error: ConfigError: --ckpt_path x is refused; give another"
+    )
 
 
 def test_reuse_latest_without_a_run_folder_logger_is_refused_with_one_line(tmp_path, tiny_config, capsys):

@@ -32,7 +32,7 @@ def _fails(args: list[str], capsys) -> str:
 def test_diverging_training_stops_naming_the_step_and_the_loss_term(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ANOMALY_DIFF_TRACEBACK", raising=False)
     message = _fails(["fit", "--config", str(_config(tmp_path, lr=1e30))], capsys)
-    assert "FloatingPointError: non-finite training loss term '" in message
+    assert "NonFiniteLossError: non-finite training loss term '" in message
     assert "at global step " in message and "lower the learning rate" in message
     assert not list((tmp_path / "runs").rglob("metrics.json"))
 

@@ -117,7 +117,7 @@ def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     code, err = run_failing(["--ckpt_path", str(tmp_path / "nowhere.ckpt")], capsys)
     assert code == 1
     assert err.strip().splitlines() == [
-        f"anomaly-diff: error: FileNotFoundError: --ckpt_path {tmp_path / 'nowhere.ckpt'} does not exist; give a "
+        f"anomaly-diff: error: MissingFileError: --ckpt_path {tmp_path / 'nowhere.ckpt'} does not exist; give a "
         "checkpoint file (<run dir>/checkpoints/*.ckpt)"
     ]
 
@@ -132,7 +132,7 @@ def test_the_full_drdc_is_refused_with_the_reason(tmp_path, capsys):
     torch.save({"hyper_parameters": {"_class_path": DRDC}}, ckpt)
     code, err = run_failing(["--ckpt_path", str(ckpt), "--image_size", "64"], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "ExportError: the full DRDC cannot be exported" in err and "DRDCBase" in err
+    assert "ConfigError: the full DRDC cannot be exported" in err and "DRDCBase" in err
 
 
 def test_a_checkpoint_without_its_class_or_size_says_which_option_gives_it(tmp_path, checkpoints, capsys):

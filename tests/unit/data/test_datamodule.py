@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from anomaly_diff.data import DatasetError, MVTecAD
+from anomaly_diff.data import MVTecAD
 from anomaly_diff.data.batch import Batch
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY, Sample
+from anomaly_diff.errors import DatasetError
 from tests.helpers.data import corrupt_file, truncate_file, write_image, write_mvtec_ad
 
 

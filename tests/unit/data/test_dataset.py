@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader
 
 from anomaly_diff.data.batch import Batch
 from anomaly_diff.data.dataset import AnomalyDataset, build_transform
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.samples import Sample
+from anomaly_diff.errors import DatasetError
 from tests.helpers.data import write_image
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_diff.data import DatasetError, Embedded
+from anomaly_diff.data import Embedded
 from anomaly_diff.data.synthetic import EMBEDDED_CATEGORIES, MANIFEST_NAME
+from anomaly_diff.errors import DatasetError
 
 SMALL = {"generated_size": 32, "num_train": 5, "num_test_good": 2, "num_test_defective": 4}
 

@@ -2,7 +2,8 @@ from collections import Counter
 
 import pytest
 
-from anomaly_diff.data import DatasetError, Folder
+from anomaly_diff.data import Folder
+from anomaly_diff.errors import DatasetError
 from tests.helpers.data import write_folder
 
 

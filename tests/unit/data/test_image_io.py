@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.image_io import load_mask, load_rgb
+from anomaly_diff.errors import DatasetError
 from tests.helpers.data import corrupt_file, truncate_file, write_image
 
 RNG = np.random.default_rng(0)

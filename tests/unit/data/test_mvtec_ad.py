@@ -3,8 +3,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from anomaly_diff.data import DatasetError, MVTecAD
+from anomaly_diff.data import MVTecAD
 from anomaly_diff.data.mvtec_ad import make_mvtec_style_samples
+from anomaly_diff.errors import DatasetError
 from tests.helpers.data import write_image, write_mvtec_ad
 
 

@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly_diff.data.errors import DatasetError
 from anomaly_diff.data.samples import (
     UNKNOWN_CATEGORY,
     UNLABELLED,
@@ -15,6 +14,7 @@ from anomaly_diff.data.samples import (
     prediction_samples,
     seeded_subset,
 )
+from anomaly_diff.errors import DatasetError
 from tests.helpers.data import write_image
 
 PIXELS = np.zeros((4, 4, 3), dtype=np.uint8)

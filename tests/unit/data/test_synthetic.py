@@ -19,6 +19,7 @@ from anomaly_diff.data.synthetic import (
     main,
     normal_image,
 )
+from anomaly_diff.errors import OutputPathError
 
 SMALL = {"seed": 3, "image_size": 64, "num_train": 3, "num_test_good": 2, "num_test_defective": 6,
          "categories": ["coffee", "brick"]}
@@ -272,21 +273,21 @@ def test_refuses_to_overwrite_user_data(tmp_path):
     root = tmp_path / "mine"
     root.mkdir()
     (root / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match=str(root)):
+    with pytest.raises(OutputPathError, match=str(root)):
         generate_embedded_dataset(root, image_size=32, num_train=1)
     assert relative_files(root) == {"notes.txt"}
 
     (root / MANIFEST_NAME).write_text(json.dumps({"generator": "someone else"}))
-    with pytest.raises(FileExistsError, match="not written by anomaly_diff.data.synthetic"):
+    with pytest.raises(OutputPathError, match="not written by anomaly_diff.data.synthetic"):
         generate_embedded_dataset(root, image_size=32, num_train=1)
     (root / MANIFEST_NAME).write_text("{not json")
-    with pytest.raises(FileExistsError, match="not valid JSON"):
+    with pytest.raises(OutputPathError, match="not valid JSON"):
         generate_embedded_dataset(root, image_size=32, num_train=1)
     assert (root / "notes.txt").read_text() == "keep me"
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(NotADirectoryError, match=str(a_file)):
+    with pytest.raises(OutputPathError, match=str(a_file)):
         generate_embedded_dataset(a_file, image_size=32, num_train=1)
 
 

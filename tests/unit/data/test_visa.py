@@ -3,7 +3,8 @@ from collections import Counter
 
 import pytest
 
-from anomaly_diff.data import DatasetError, VisA
+from anomaly_diff.data import VisA
+from anomaly_diff.errors import DatasetError
 from tests.helpers.data import write_split_csv, write_visa_converted, write_visa_raw
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from anomaly_diff.metrics import METRIC_NAMES, AnomalyMetrics, SampleError
+from anomaly_diff.errors import InvalidSampleError
+from anomaly_diff.metrics import METRIC_NAMES, AnomalyMetrics
 from anomaly_diff.metrics.anomaly_metrics import IMAGE_METRICS, PIXEL_METRICS
 from tests.unit.metrics.metrics_reference import random_case, reference_results
 
@@ -214,7 +215,7 @@ def test_sample_ids_in_some_updates_only_is_an_error():
 
 def test_maps_of_another_size_than_masks_are_rejected():
     maps, masks = torch.rand(2, 8, 8), torch.zeros(2, 16, 16)
-    with pytest.raises(SampleError, match=r"anomaly map size \(8, 8\) differs from the mask size \(16, 16\)"):
+    with pytest.raises(InvalidSampleError, match=r"anomaly map size \(8, 8\) differs from the mask size \(16, 16\)"):
         AnomalyMetrics().update(maps, masks, torch.rand(2), torch.tensor([0, 1]), ["a", "a"])
 
 
@@ -241,7 +242,7 @@ def test_invalid_samples_name_their_position(field, value, message):
         labels[1] = value
     else:
         masks[1, 0, 0] = value
-    with pytest.raises(SampleError, match=message) as error:
+    with pytest.raises(InvalidSampleError, match=message) as error:
         AnomalyMetrics().update(maps, masks, scores, labels, ["a"] * 3)
     assert error.value.index == 1
 

@@ -9,8 +9,9 @@ from torch.utils.data import DataLoader
 from anomaly_diff.callbacks import Evaluator, NormalCalibration
 from anomaly_diff.data import MVTecAD
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
+from anomaly_diff.errors import NotFittedError
 from anomaly_diff.models.base import CALIBRATION_BUFFERS, AnomalyModule
-from anomaly_diff.models.components.category_classifier import CategoryClassifier, NotFittedError
+from anomaly_diff.models.components.category_classifier import CategoryClassifier
 from tests.helpers.data import write_mvtec_ad
 from tests.unit.callbacks.test_evaluation import Samples
 from tests.unit.models.components.test_category_classifier import PICTURES, batches, crops

@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from anomaly_diff.errors import OutputPathError
 from anomaly_diff.utils.runs import LATEST, config_changes, point_latest
 
 
@@ -22,7 +23,7 @@ def test_latest_moves_to_each_complete_run_and_says_what_it_named_before(tmp_pat
 def test_latest_refuses_to_replace_a_folder(tmp_path):
     (tmp_path / LATEST).mkdir()
     (tmp_path / "version_0").mkdir()
-    with pytest.raises(FileExistsError, match="is not a link made by a run"):
+    with pytest.raises(OutputPathError, match="is not a link made by a run"):
         point_latest(tmp_path / "version_0")
 
 

@@ -6,6 +6,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.components.backbone import (
     DEFAULT_WEIGHTS,
     FeatureExtractor,
@@ -72,7 +73,7 @@ def test_partial_file_does_not_load(tmp_path, package_state_dict):
     partial.pop("_blocks.3._bn1.weight")
     path = tmp_path / "partial.pth"
     torch.save(partial, path)
-    with pytest.raises(RuntimeError, match=r"(?s)do not load strictly.*blocks\.2\.0\.bn2\.weight"):
+    with pytest.raises(ConfigError, match=r"(?s)do not load strictly.*blocks\.2\.0\.bn2\.weight"):
         create_pretrained_model("tf_efficientnet_lite0", str(path))
 
 

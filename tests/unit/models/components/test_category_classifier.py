@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestCentroid
 
+from anomaly_diff.errors import NotFittedError
 from anomaly_diff.models.components.backbone import DEFAULT_WEIGHTS, create_pretrained_model
-from anomaly_diff.models.components.category_classifier import CategoryClassifier, NotFittedError
+from anomaly_diff.models.components.category_classifier import CategoryClassifier
 
 # Three "categories": crops of three different pictures (scikit-image's own files, offline).
 PICTURES = ("coffee", "chelsea", "astronaut")
