@@ -14,6 +14,10 @@ class ConfigError(UserError, ValueError):
     """A configured class or command refused its arguments, or a checkpoint does not fit the configuration."""
 
 
+class UnknownConfigError(ConfigError):
+    """A ``--config`` value is neither a file nor the name of a packaged config; the message lists the names."""
+
+
 class DatasetError(UserError, ValueError):
     """The data on disk, or an argument describing it, cannot be used as given.
 

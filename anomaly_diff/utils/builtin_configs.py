@@ -12,12 +12,10 @@ the working directory.
 import itertools
 from pathlib import Path
 
+from anomaly_diff.errors import UnknownConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _SUFFIXES = (".yaml", ".yml")
-
-
-class UnknownConfigError(ValueError):
-    """A ``--config`` value is neither a file nor the name of a packaged config; the message lists the names."""
 
 
 def builtin_configs() -> dict[str, str]:

@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from anomaly_diff.cli import main
+from anomaly_diff.errors import UnknownConfigError
 from anomaly_diff.utils.builtin_configs import (
     CONFIG_DIR,
-    UnknownConfigError,
     builtin_config,
     builtin_configs,
     resolve_config_args,
