@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from diffusers import ModelMixin
 from PIL import Image
 
 from anomaly_diff.data.dataset import build_transform
@@ -54,8 +55,9 @@ class Detection:
 class Detector:
     """A trained anomaly model with its preprocessing and decisions: images in, :class:`Detection` out.
 
-    The preprocessing is the training one (resize to ``image_size`` squared, centre crop of ``crop_size``), read from
-    the checkpoint; maps come back at each image's own size. Images are scored in batches of ``batch_size``.
+    The preprocessing is the training one (resize to ``image_size`` squared or, with ``keep_aspect``, the shorter side
+    to ``image_size``; centre crop of ``crop_size``), read from the checkpoint; maps come back at each image's own
+    size. Images are scored in batches of ``batch_size``.
 
     Args:
         model: A trained :class:`~anomaly_diff.models.base.AnomalyModule`.
@@ -63,23 +65,32 @@ class Detector:
         crop_size: Side of the centre crop the model sees.
         batch_size: Images per forward pass.
         region: ``"crop"`` scores the centre crop the model was trained on (the rest of the map is NaN);
-            ``"full"`` resizes the whole image to the model's input instead, so every pixel is scored.
+            ``"full"`` resizes the whole image to the model's input instead (a square, whatever ``keep_aspect``),
+            so every pixel is scored.
+        keep_aspect: The training resize kept the aspect ratio (the data module's ``keep_aspect``).
+        compile: ``torch.compile`` the model's diffusers networks (UNet, autoencoder): faster after a first call
+            that compiles for minutes; off by default (measured on CPU in experiments/results/bench_infer.md).
     """
 
     def __init__(self, model: AnomalyModule, image_size: int, crop_size: int, batch_size: int = 8,
-                 region: Literal["crop", "full"] = "crop") -> None:
+                 region: Literal["crop", "full"] = "crop", keep_aspect: bool = False, compile: bool = False) -> None:
         if region not in ("crop", "full"):
             raise ValueError(f"region must be 'crop' or 'full', got {region!r}")
         self.model = model.eval()
         self.image_size = crop_size if region == "full" else image_size
         self.crop_size = crop_size
+        self.keep_aspect = keep_aspect and region == "crop"
         self.batch_size = batch_size
-        self.transform = build_transform(self.image_size, crop_size)
+        self.transform = build_transform(self.image_size, crop_size, self.keep_aspect)
+        if compile:
+            for module in model.modules():
+                if isinstance(module, ModelMixin):
+                    module.compile()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 8,
                         region: Literal["crop", "full"] = "crop", image_size: int | None = None,
-                        crop_size: int | None = None) -> "Detector":
+                        crop_size: int | None = None, compile: bool = False) -> "Detector":
         """Load a checkpoint written by ``anomaly-diff fit`` (any model; it needs no other file).
 
         The checkpoint is unpickled: load only files you trust.
@@ -91,6 +102,7 @@ class Detector:
             region: See :class:`Detector`.
             image_size: Resize side, if the checkpoint has no datamodule settings (a model trained outside the CLI).
             crop_size: Crop side, likewise.
+            compile: See :class:`Detector`.
         """
         path = Path(path).expanduser()
         if not path.is_file():
@@ -106,7 +118,7 @@ class Detector:
         if image_size is None or crop_size is None:
             raise ValueError(f"checkpoint {path} holds no image_size/crop_size; give them to from_checkpoint")
         model = model_class.load_from_checkpoint(path, map_location=device, weights_only=False)
-        return cls(model, image_size, crop_size, batch_size, region)
+        return cls(model, image_size, crop_size, batch_size, region, data.get("keep_aspect", False), compile)
 
     @torch.no_grad()
     def predict(self, images: ImageInput | Sequence[ImageInput],
@@ -157,7 +169,7 @@ class Detector:
         for i, array in enumerate(arrays):
             height, width = array.shape[:2]
             anomaly_map = to_image_resolution(prediction["anomaly_map"][i], height, width, self.image_size,
-                                              self.crop_size)
+                                              self.crop_size, self.keep_aspect)
             score = float(prediction["pred_score"][i])
             decision = decide(self.model, classes[i], score)
             mask = None if decision.pixel_threshold is None else anomaly_map > decision.pixel_threshold

@@ -1,8 +1,8 @@
 """From a model's map and score to what an inspection line acts on, shared by ``Detector`` and ``anomaly-diff predict``.
 
 - :func:`crop_box` and :func:`to_image_resolution` put a map computed on the model's input (the image resized to a
-  square, then centre-cropped: :func:`~anomaly_diff.data.dataset.build_transform`) back over the original image;
-  pixels outside the crop are NaN (not scored).
+  square or keeping its aspect ratio, then centre-cropped: :func:`~anomaly_diff.data.dataset.build_transform`) back
+  over the original image; pixels outside the crop are NaN (not scored).
 - :func:`decide` turns a score and a map into the decision at the calibrated image threshold, a binary defect mask
   at the calibrated pixel threshold and a normalised score, from the model's calibration buffers
   (:class:`~anomaly_diff.callbacks.NormalCalibration`).
@@ -17,20 +17,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def crop_box(height: int, width: int, image_size: int, crop_size: int) -> tuple[int, int, int, int]:
+def crop_box(height: int, width: int, image_size: int, crop_size: int,
+             keep_aspect: bool = False) -> tuple[int, int, int, int]:
     """Where the model's input lies in an original image: ``(top, bottom, left, right)`` in its pixels.
 
-    The input is the image resized to ``image_size`` squared, then the central ``crop_size`` square (whose offset
-    is ``(image_size - crop_size) // 2``, as albumentations' ``CenterCrop``), so the box is that square scaled
-    back by ``height / image_size`` and ``width / image_size`` and rounded to whole pixels.
+    The input is the image resized (to ``image_size`` squared, or with ``keep_aspect`` its shorter side to
+    ``image_size``, the other rounded as albumentations' ``SmallestMaxSize`` rounds it), then the central
+    ``crop_size`` square (offset ``(side - crop_size) // 2``, as albumentations' ``CenterCrop``), so the box is that
+    square scaled back to the original and rounded to whole pixels.
     """
-    offset = (image_size - crop_size) // 2
-    scale_y, scale_x = height / image_size, width / image_size
-    return (round(offset * scale_y), round((offset + crop_size) * scale_y),
-            round(offset * scale_x), round((offset + crop_size) * scale_x))
+    if keep_aspect:
+        scale = image_size / min(height, width)
+        resized_height, resized_width = max(1, round(height * scale)), max(1, round(width * scale))
+    else:
+        resized_height = resized_width = image_size
+    top, left = (resized_height - crop_size) // 2, (resized_width - crop_size) // 2
+    scale_y, scale_x = height / resized_height, width / resized_width
+    return (round(top * scale_y), round((top + crop_size) * scale_y),
+            round(left * scale_x), round((left + crop_size) * scale_x))
 
 
-def to_image_resolution(anomaly_map: Tensor, height: int, width: int, image_size: int, crop_size: int) -> np.ndarray:
+def to_image_resolution(anomaly_map: Tensor, height: int, width: int, image_size: int, crop_size: int,
+                        keep_aspect: bool = False) -> np.ndarray:
     """A map of the model's input placed over the original ``height x width`` image.
 
     Args:
@@ -38,13 +46,14 @@ def to_image_resolution(anomaly_map: Tensor, height: int, width: int, image_size
         height: The original image's height.
         width: The original image's width.
         image_size: The side the image was resized to before cropping (``crop_size`` when the whole image was
-            resized to the model's input without a crop).
+            resized to the model's input without a crop); with ``keep_aspect``, its shorter side.
         crop_size: The side of the model's input.
+        keep_aspect: The image was resized keeping its aspect ratio (see :func:`crop_box`).
 
     Returns:
         ``(height, width)`` float32: the map resized bilinearly onto the crop's box, NaN (not scored) outside it.
     """
-    top, bottom, left, right = crop_box(height, width, image_size, crop_size)
+    top, bottom, left, right = crop_box(height, width, image_size, crop_size, keep_aspect)
     resized = F.interpolate(anomaly_map[None, None].float().cpu(), size=(bottom - top, right - left),
                             mode="bilinear", align_corners=False)[0, 0]
     full = np.full((height, width), np.nan, dtype=np.float32)

@@ -15,8 +15,8 @@ from anomaly_diff.data.samples import UNKNOWN_CATEGORY, Sample
 from anomaly_diff.errors import DatasetError
 
 
-def build_transform(image_size: int = 288, crop_size: int = 256) -> A.Compose:
-    """Resize to a square and center-crop image and mask together, as DeCo-Diff does (288 → 256).
+def build_transform(image_size: int = 288, crop_size: int = 256, keep_aspect: bool = False) -> A.Compose:
+    """Resize and center-crop image and mask together, as DeCo-Diff does (288 → 256).
 
     The image is resized bilinearly when enlarged and with area averaging when shrunk (anti-aliased, as the
     reference's PIL ``Image.resize`` is; it is bicubic there, a small difference: see the DeCo-Diff README's
@@ -26,27 +26,22 @@ def build_transform(image_size: int = 288, crop_size: int = 256) -> A.Compose:
     The image comes out as float32 in ``[0, 1]``.
 
     Args:
-        image_size: Side of the square the image is resized to. Defaults to 288.
+        image_size: Side of the square the image is resized to; with ``keep_aspect``, the length its shorter side
+            is resized to. Defaults to 288.
         crop_size: Side of the central crop, at most ``image_size``. Defaults to 256.
+        keep_aspect: Scale both sides alike (albumentations' ``SmallestMaxSize``) instead of stretching the image
+            to a square, so a non-square image is not distorted; the crop then covers its centre.
+            Defaults to False (the reference's square resize).
 
     Returns:
         A transform called as ``transform(image=(H, W, 3) uint8, mask=(H, W) uint8)`` that returns
         ``image`` ``(3, crop_size, crop_size)`` float32 and ``mask`` ``(crop_size, crop_size)`` uint8 tensors.
     """
-    return A.Compose(
-        [
-            A.Resize(
-                image_size,
-                image_size,
-                interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST_EXACT,
-                area_for_downscale="image",
-            ),
-            A.CenterCrop(crop_size, crop_size),
-            A.ToFloat(max_value=255),
-            ToTensorV2(),
-        ]
-    )
+    interpolation = {"interpolation": cv2.INTER_LINEAR, "mask_interpolation": cv2.INTER_NEAREST_EXACT,
+                     "area_for_downscale": "image"}
+    resize = (A.SmallestMaxSize(max_size=image_size, **interpolation) if keep_aspect
+              else A.Resize(image_size, image_size, **interpolation))
+    return A.Compose([resize, A.CenterCrop(crop_size, crop_size), A.ToFloat(max_value=255), ToTensorV2()])
 
 
 class AnomalyDataset(Dataset):

@@ -102,6 +102,31 @@ def test_a_non_square_image_gets_a_map_of_its_own_size(trained, detector, tmp_pa
     assert full.anomaly_map.shape == (40, 64) and not np.isnan(full.anomaly_map).any()
 
 
+def test_keep_aspect_scores_the_undistorted_centre(trained, detector):
+    path = next((trained[0] / "coffee" / "test" / "good").glob("*.png"))
+    wide = cv2.resize(load_rgb(path), (64, 40), interpolation=cv2.INTER_LINEAR)
+    kept = Detector(detector.model, 36, 32, keep_aspect=True).predict(wide, category="coffee")
+    # 40 x 64 -> 36 x 58, its central 32 x 32: rows 2..38 and columns 14..50 of the original (crop_box's test)
+    scored = ~np.isnan(kept.anomaly_map)
+    assert scored[2:38, 14:50].all() and scored.sum() == 36 * 36
+    scale = 36 / 40
+    resized = cv2.resize(wide, (round(64 * scale), 36), interpolation=cv2.INTER_AREA)[2:34, 13:45]
+    image = torch.from_numpy(resized).permute(2, 0, 1).float()[None] / 255
+    with torch.no_grad():
+        expected = detector.model.predict_anomaly({"image": image, "category": ["coffee"]})
+    assert kept.score == pytest.approx(expected["pred_score"].item(), rel=1e-5)
+
+
+def test_compile_compiles_every_diffusers_network(trained, monkeypatch):
+    from diffusers import ModelMixin
+
+    compiled = []
+    monkeypatch.setattr(ModelMixin, "compile", lambda self, *args, **kwargs: compiled.append(type(self).__name__))
+    detector = Detector.from_checkpoint(trained[1], compile=True)
+    networks = [type(m).__name__ for m in detector.model.modules() if isinstance(m, ModelMixin)]
+    assert networks and compiled == networks
+
+
 def test_decisions_follow_the_calibrated_thresholds(trained, detector):
     root, _ = trained
     paths = sorted((root / "brick" / "test").rglob("*.png"))
