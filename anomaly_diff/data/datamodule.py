@@ -5,7 +5,6 @@ and ``_make_samples`` (the sample table of one category). Everything else is sha
 selection and class indices, the seeded validation split, the transform, and the data loaders.
 """
 
-import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -78,13 +77,12 @@ class AnomalyDataModule(LightningDataModule, ABC):
         allow_missing_masks: bool = False,
     ) -> None:
         super().__init__()
-        # Record the concrete class's own arguments in checkpoints; a base argument a subclass fixes itself
-        # (Folder has one category) is left out, so the record can rebuild the subclass. They are not sent to
-        # the loggers (the CLI logs the whole config): Lightning refuses to merge them with the model's, whose
-        # `categories` (the model's classes, from its checkpoint) may differ from the data's (a test subset).
-        own = inspect.signature(type(self).__init__).parameters
-        fixed = [name for name in inspect.signature(AnomalyDataModule.__init__).parameters if name not in own]
-        self.save_hyperparameters(ignore=fixed, logger=False)
+        # Record the concrete class's arguments in checkpoints (Lightning collects them from every __init__ up to
+        # the subclass's, whose own values win), so the record rebuilds the subclass; a subclass passes the base's
+        # arguments on as keywords and fixes none of them. They are not sent to the loggers (the CLI logs the whole
+        # config): Lightning refuses to merge them with the model's, whose `categories` (the model's classes, from
+        # its checkpoint) may differ from the data's (a test subset).
+        self.save_hyperparameters(logger=False)
         _check_int("image_size", image_size, minimum=1)
         _check_int("crop_size", crop_size, minimum=1)
         if crop_size > image_size:
@@ -276,6 +274,6 @@ class AnomalyDataModule(LightningDataModule, ABC):
 
 
 def _check_int(key: str, value: int, minimum: int) -> None:
-    """Raise unless ``value`` is an int (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Raise unless ``value`` is at least ``minimum`` (its type is the CLI's to check, from the annotation)."""
+    if value < minimum:
         raise DatasetError(f"{key}={value!r} is invalid; it must be an integer >= {minimum}")

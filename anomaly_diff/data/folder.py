@@ -56,19 +56,11 @@ class Folder(AnomalyDataModule):
             category, whose names are the categories). Defaults to ``"folder"``.
         test_fraction: With ``abnormal_dir``, the fraction of normal images moved to the test split, in
             ``[0, 1)``, chosen with ``seed``. Defaults to 0.2.
-        image_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        crop_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        batch_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        eval_batch_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        num_workers: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        val_fraction: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        seed: Seed of the test and validation splits. Defaults to 0.
-        path: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        categories: The categories to use (subdirectory names); ``None`` uses all. See
-            :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`. Defaults to None.
         allow_missing_masks: With ``mask_dir``, accept anomalous images whose mask (or whose category's mask
             directory) is missing; see :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`. Implied when
             ``mask_dir`` is None. Defaults to False.
+        **kwargs: The other arguments of :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`; its ``seed``
+            chooses the test split too.
 
     Raises:
         DatasetError: A directory is missing, or ``test_fraction`` is out of range.
@@ -83,16 +75,8 @@ class Folder(AnomalyDataModule):
         mask_suffix: str = "",
         category: str = "folder",
         test_fraction: float = 0.2,
-        image_size: int = 288,
-        crop_size: int = 256,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        path: str | None = None,
-        categories: list[str] | None = None,
         allow_missing_masks: bool = False,
+        **kwargs,
     ) -> None:
         if not 0 <= test_fraction < 1:
             raise DatasetError(f"test_fraction={test_fraction} is out of range; it must be in [0, 1)")
@@ -109,10 +93,7 @@ class Folder(AnomalyDataModule):
         self.category = category
         self.test_fraction = test_fraction
         self._category_dirs = self._find_category_dirs()
-        super().__init__(
-            root, categories, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed,
-            path=path, allow_missing_masks=allow_missing_masks or mask_dir is None,
-        )
+        super().__init__(root, allow_missing_masks=allow_missing_masks or mask_dir is None, **kwargs)
 
     def _find_category_dirs(self) -> dict[str, Path]:
         """Category name → the directory its ``normal_dir``, ``abnormal_dir`` and ``mask_dir`` are relative to."""

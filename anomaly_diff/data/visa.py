@@ -95,42 +95,23 @@ class VisA(AnomalyDataModule):
             else the MVTec-style converted layout (``candle/train/good/...``).
         split_csv: The official split CSV; a relative path is resolved against ``root`` (the download
             keeps it at ``split_csv/1cls.csv``). ``None`` reads the converted layout. Defaults to None.
-        categories: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`; the rest too.
-        image_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        crop_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        batch_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        eval_batch_size: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        num_workers: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        val_fraction: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        seed: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
-        path: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
         allow_missing_masks: See :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`; with ``split_csv`` an
-            anomaly row with an empty ``mask`` is then accepted.
+            anomaly row with an empty ``mask`` is then accepted. Defaults to False.
+        **kwargs: The other arguments of :class:`~anomaly_diff.data.datamodule.AnomalyDataModule`.
     """
 
     def __init__(
         self,
         root: str,
         split_csv: str | None = None,
-        categories: list[str] | None = None,
-        image_size: int = 288,
-        crop_size: int = 256,
-        batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-        path: str | None = None,
         allow_missing_masks: bool = False,
+        **kwargs,
     ) -> None:
         if split_csv is not None:
             require_directory(Path(root).expanduser(), "the VisA download (<root>/<object>/Data/Images/...)")
         self.split_csv = None if split_csv is None else Path(root).expanduser() / Path(split_csv).expanduser()
         self._rows = None if self.split_csv is None else read_split_csv(self.split_csv, allow_missing_masks)
-        super().__init__(
-            root, categories, image_size, crop_size, batch_size, eval_batch_size, num_workers, val_fraction, seed,
-            path=path, allow_missing_masks=allow_missing_masks,
-        )
+        super().__init__(root, allow_missing_masks=allow_missing_masks, **kwargs)
 
     def _find_categories(self) -> list[str]:
         if self._rows is None:
