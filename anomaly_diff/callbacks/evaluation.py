@@ -7,10 +7,11 @@ from rich.console import Console
 
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.errors import InvalidSampleError
-from anomaly_diff.loggers import log_resolved_config, run_directory, wandb_loggers
+from anomaly_diff.loggers import log_resolved_config, wandb_loggers
 from anomaly_diff.metrics import AnomalyMetrics
 from anomaly_diff.metrics.tables import to_csv, to_json, to_markdown, to_rich_table, to_table
 from anomaly_diff.utils.io import atomic_write_text
+from anomaly_diff.utils.runs import run_directory
 
 
 class Evaluator(Callback):
@@ -25,7 +26,7 @@ class Evaluator(Callback):
     ``pl_module.log_dict`` (already synchronised values, so every attached logger gets them), keeps the result
     dict as :attr:`results`, and on global rank zero writes ``metrics.json`` (the dict, NaN as ``null``),
     ``metrics_table.csv`` and ``metrics.md`` (per category plus a mean row) into the run directory
-    (:func:`~anomaly_diff.loggers.run_directory`) and prints the table. The CSV is not called
+    (:func:`~anomaly_diff.utils.runs.run_directory`) and prints the table. The CSV is not called
     ``metrics.csv`` because Lightning's ``CSVLogger`` owns that name in the same directory (it rewrites the file with
     its own header and fails on a foreign one). With W&B loggers it also logs the table (the CSV's rows) as the
     ``wandb.Table`` ``test/metrics_table`` and, at setup, the CLI's resolved config (``anomaly_diff.loggers``).
@@ -133,7 +134,7 @@ class Evaluator(Callback):
         metric = self._metrics[stage]
         metric.reset()
         metric.to(pl_module.device)
-        metric.show_progress = trainer.is_global_zero and getattr(trainer, "progress_bar_callback", None) is not None
+        metric.show_progress = trainer.is_global_zero and trainer.progress_bar_callback is not None
 
     def _update(self, stage: str, trainer: Trainer, outputs: Prediction, batch: Batch, dataloader_idx: int) -> None:
         if not isinstance(outputs, Mapping) or not {"anomaly_map", "pred_score"} <= outputs.keys():

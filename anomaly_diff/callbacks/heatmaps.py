@@ -3,77 +3,14 @@
 from collections import defaultdict
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor
 
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.data.batch import Batch, Prediction
-from anomaly_diff.loggers import run_directory, wandb_loggers
-from anomaly_diff.utils.io import atomic_write_bytes
-
-
-def overlay_panel(
-    image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None, vmin: float, vmax: float
-) -> np.ndarray:
-    """Compose ``[image | heatmap over image | ground-truth outline]`` as one RGB picture.
-
-    Args:
-        image: ``(H, W, 3)`` float RGB in ``[0, 1]``.
-        anomaly_map: ``(H, W)`` float anomaly map.
-        mask: ``(H, W)`` ground truth in ``{0, 1}``; ``None`` (unknown, e.g. ``predict``) leaves out the third part.
-        vmin: Map value shown as the coldest colour.
-        vmax: Map value shown as the hottest colour.
-
-    Returns:
-        ``(H, 3 W, 3)`` uint8 RGB, ``(H, 2 W, 3)`` without a mask.
-    """
-    rgb = (np.clip(image, 0, 1) * 255).astype(np.uint8)
-    scaled = np.clip((anomaly_map - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    heat = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    blended = cv2.addWeighted(rgb, 0.5, np.ascontiguousarray(heat), 0.5, 0)
-    if mask is None:
-        return np.concatenate([rgb, blended], axis=1)
-    outlined = rgb.copy()
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(outlined, contours, -1, (255, 0, 0), 1)
-    return np.concatenate([rgb, blended, outlined], axis=1)
-
-
-def sample_arrays(batch: Batch, anomaly_maps: Tensor, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Copies of sample ``i``'s image ``(H, W, 3)``, anomaly map ``(H, W)`` and mask ``(H, W)`` as numpy arrays.
-
-    The mask is ``None`` when the batch says it is not the ground truth (``has_mask`` False: an anomalous image
-    without mask), so that :func:`overlay_panel` draws no (empty) outline for it.
-
-    Copies, not views: a view of ``batch[...][i]`` (``.float().cpu()`` is a no-op on float CPU tensors) would keep
-    the whole batch's image, map and mask alive for as long as the sample is kept.
-    """
-    return (
-        batch["image"][i].permute(1, 2, 0).float().cpu().numpy().copy(),
-        anomaly_maps[i].float().cpu().numpy().copy(),
-        batch["mask"][i].cpu().numpy().copy() if "has_mask" not in batch or bool(batch["has_mask"][i]) else None,
-    )
-
-
-def shared_colour_range(maps: list[np.ndarray]) -> tuple[float, float]:
-    """One colour scale for a set of pictures: the smallest value and the 99.9th percentile of the maps.
-
-    The percentile is taken over at most about a million values (an even subsample), which is plenty for a scale.
-    """
-    values = torch.from_numpy(np.stack(maps)).flatten()
-    return values.min().item(), torch.quantile(values[:: max(1, values.numel() // 1_000_000)], 0.999).item()
-
-
-def write_png(target: Path, panel: np.ndarray, source: str) -> None:
-    """Write an RGB ``panel`` as a PNG file atomically (parents created); ``source`` names the image in errors."""
-    encoded, png = cv2.imencode(".png", np.ascontiguousarray(panel[..., ::-1]))
-    if not encoded:
-        raise ValueError(f"OpenCV could not encode the picture of {source} as PNG")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, png.tobytes())
+from anomaly_diff.loggers import wandb_loggers
+from anomaly_diff.utils.runs import run_directory
+from anomaly_diff.visualization import overlay_panel, sample_arrays, shared_colour_range, write_png
 
 
 class HeatmapWriter(Callback):

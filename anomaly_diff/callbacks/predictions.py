@@ -14,12 +14,12 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
 from anomaly_diff.callbacks.distributed import gather_objects
-from anomaly_diff.callbacks.heatmaps import overlay_panel, sample_arrays, write_png
 from anomaly_diff.data.batch import Batch
 from anomaly_diff.data.image_io import read_size
-from anomaly_diff.loggers import run_directory
 from anomaly_diff.postprocessing import decide, to_image_resolution
 from anomaly_diff.utils.io import atomic_write_bytes, atomic_write_stream
+from anomaly_diff.utils.runs import run_directory
+from anomaly_diff.visualization import overlay_panel, sample_arrays, write_png
 
 COLUMNS = ("path", "category", "category_source", "score", "threshold", "anomalous", "normalized_score",
            "pixel_threshold", "overlay", "map")
@@ -134,7 +134,7 @@ class PredictionWriter(BasePredictionWriter):
         """With ``save_maps``, save the map at the image's own size; its path relative to the run, else ``""``."""
         if not self.save_maps:
             return ""
-        datamodule = getattr(trainer, "datamodule", None)
+        datamodule = trainer.datamodule
         if datamodule is None:
             raise ValueError("predictions.save_maps needs the datamodule's image_size and crop_size: predict through "
                              "anomaly-diff predict or give the trainer a datamodule")

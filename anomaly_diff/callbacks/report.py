@@ -10,11 +10,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.callbacks.evaluation import Evaluator
-from anomaly_diff.callbacks.heatmaps import overlay_panel, sample_arrays, shared_colour_range, write_png
 from anomaly_diff.data.batch import Batch, Prediction
-from anomaly_diff.loggers import run_directory
 from anomaly_diff.metrics.tables import to_markdown
 from anomaly_diff.utils.io import atomic_write_text
+from anomaly_diff.utils.runs import run_directory
+from anomaly_diff.visualization import overlay_panel, sample_arrays, shared_colour_range, write_png
 
 # The example kinds of a category: (title, label of the images, True when the highest scores are kept).
 EXAMPLE_KINDS = {

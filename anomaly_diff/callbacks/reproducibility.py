@@ -24,8 +24,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
 from anomaly_diff import __version__
-from anomaly_diff.loggers import run_directory
 from anomaly_diff.utils.io import atomic_write_text
+from anomaly_diff.utils.runs import run_directory
 
 # Distributions whose versions change results (numerics, data loading, metrics).
 RECORDED_PACKAGES = (

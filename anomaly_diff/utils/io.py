@@ -31,18 +31,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, sync: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     Args:
         path: The destination file; its folder is created if missing.
         data: The content.
+        sync: Force the content to disk (``fsync``) before the rename, so that the file survives a power loss or
+            system crash whole. Without it the rename still guarantees a whole file or none if the process is
+            killed; for files that can be made again (pictures) when there are many. Defaults to True.
 
     Returns:
         The destination path.
     """
     path = Path(path)
-    with _replacing(path, "wb") as handle:
+    with _replacing(path, "wb", sync=sync) as handle:
         handle.write(data)
     return path
 
@@ -63,8 +66,8 @@ def atomic_write_stream(path: str | Path) -> AbstractContextManager[TextIO]:
 
 
 @contextmanager
-def _replacing(path: Path, mode: str, **open_kwargs) -> Iterator[IO]:
-    """A temporary file next to ``path``, synced and renamed to ``path`` when the block ends, removed if it raises."""
+def _replacing(path: Path, mode: str, sync: bool = True, **open_kwargs) -> Iterator[IO]:
+    """A temporary file next to ``path``, synced if ``sync``, renamed to ``path`` at the end; removed if it raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -72,7 +75,8 @@ def _replacing(path: Path, mode: str, **open_kwargs) -> Iterator[IO]:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

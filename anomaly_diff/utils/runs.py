@@ -1,7 +1,7 @@
-"""A run directory as the artifact later runs load: the ``latest`` pointer and whether a run can be reused.
+"""A run directory: where a running trainer writes it, the ``latest`` pointer, and whether a run can be reused.
 
 Every artifact of a run (checkpoints, an exported autoencoder) lives in its own run directory,
-``<save_dir>/<name>/version_N``. Later stages load either an explicit path into one, or
+``<save_dir>/<name>/version_N`` (:func:`run_directory`). Later stages load either an explicit path into one, or
 ``<save_dir>/<name>/latest/...``: ``latest`` is a symbolic link that only a complete, successful ``fit`` moves
 (:func:`point_latest`, an atomic swap), so an interrupted or failed run never changes what later stages load, and
 no run ever overwrites another's files.
@@ -10,6 +10,9 @@ no run ever overwrites another's files.
 import os
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from anomaly_diff.errors import OutputPathError
 
@@ -29,6 +32,27 @@ PLACEMENT_KEYS = (
     "report",
     "predictions",
 )
+
+
+def run_directory(trainer: Trainer) -> Path:
+    """The run directory ``trainer.log_dir`` names, without its broadcast: safe in code that runs on one rank.
+
+    ``Trainer.log_dir`` broadcasts from rank zero, a collective call that every process must make; called only on
+    global rank zero under DDP (in ``SaveConfigCallback.save_config``, after ``if trainer.is_global_zero``) it
+    waits forever for the other ranks. This reads the same directory on the calling process: the first logger's
+    ``log_dir`` (CSV, TensorBoard) or ``save_dir`` (others), else ``trainer.default_root_dir``.
+
+    Args:
+        trainer: The running trainer.
+
+    Returns:
+        The run directory (not created here).
+    """
+    if not trainer.loggers:
+        return Path(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    directory = logger.log_dir if isinstance(logger, (CSVLogger, TensorBoardLogger)) else logger.save_dir
+    return Path(directory if directory is not None else trainer.default_root_dir)
 
 
 def point_latest(run_dir: str | Path) -> str:

@@ -1,28 +1,10 @@
-from types import SimpleNamespace
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from anomaly_diff.callbacks.heatmaps import HeatmapWriter, overlay_panel
-
-
-def test_panel_shows_image_heat_and_mask_outline():
-    image = np.full((8, 8, 3), 0.5)
-    anomaly_map = np.zeros((8, 8))
-    anomaly_map[2:4, 2:4] = 1.0
-    mask = np.zeros((8, 8))
-    mask[4:7, 4:7] = 1
-    panel = overlay_panel(image, anomaly_map, mask, vmin=0.0, vmax=1.0)
-    assert panel.shape == (8, 24, 3) and panel.dtype == np.uint8
-    np.testing.assert_array_equal(panel[:, :8], 127)
-    hot, cold = panel[3, 8 + 3], panel[0, 8]
-    assert hot[0] > hot[2] and cold[2] > cold[0]  # jet: red where the map is high, blue where low
-    outline = panel[:, 16:]
-    assert tuple(outline[4, 4]) == (255, 0, 0) and tuple(outline[5, 5]) == (127, 127, 127)
-    without_mask = overlay_panel(image, anomaly_map, None, vmin=0.0, vmax=1.0)  # predict: no ground truth
-    np.testing.assert_array_equal(without_mask, panel[:, :16])
+from anomaly_diff.callbacks.heatmaps import HeatmapWriter
+from tests.helpers.trainers import bare_trainer
 
 
 def fake_batch(categories, labels, size=8):
@@ -40,9 +22,7 @@ def fake_batch(categories, labels, size=8):
 
 def test_writer_keeps_per_category_and_defect_type_and_writes_pngs(tmp_path):
     writer = HeatmapWriter(per_category=1)
-    trainer = SimpleNamespace(
-        is_global_zero=True, world_size=1, log_dir=str(tmp_path), default_root_dir=str(tmp_path)
-    )
+    trainer = bare_trainer(tmp_path)
     writer.on_test_epoch_start(trainer, None)
     batch = fake_batch(["a", "a", "a", "b"], [0, 1, 1, 0])
     outputs = {"anomaly_map": torch.rand(4, 8, 8), "pred_score": torch.rand(4)}
@@ -59,10 +39,10 @@ def test_negative_count_is_rejected():
         HeatmapWriter(per_category=-1)
 
 
-def test_kept_samples_do_not_hold_their_batch():
+def test_kept_samples_do_not_hold_their_batch(tmp_path):
     # A view of batch[...][i] keeps the whole batch alive: one batch per kept sample (hundreds of MB on big sets).
     writer = HeatmapWriter(per_category=1)
-    trainer = SimpleNamespace(is_global_zero=True, world_size=1, log_dir=None, default_root_dir=None)
+    trainer = bare_trainer(tmp_path)
     writer.on_test_epoch_start(trainer, None)
     batch = fake_batch(["a", "a"], [0, 0], size=16)
     outputs = {"anomaly_map": torch.rand(2, 16, 16), "pred_score": torch.rand(2)}
@@ -75,7 +55,7 @@ def test_kept_samples_do_not_hold_their_batch():
 
 def test_an_image_without_ground_truth_is_drawn_without_a_mask_outline(tmp_path):
     writer = HeatmapWriter(per_category=2)
-    trainer = SimpleNamespace(is_global_zero=True, world_size=1, log_dir=str(tmp_path), default_root_dir=str(tmp_path))
+    trainer = bare_trainer(tmp_path)
     writer.on_test_epoch_start(trainer, None)
     batch = fake_batch(["a", "a"], [1, 1]) | {"has_mask": torch.tensor([True, False])}
     writer.on_test_batch_end(trainer, None, {"anomaly_map": torch.rand(2, 8, 8), "pred_score": torch.rand(2)}, batch, 0)

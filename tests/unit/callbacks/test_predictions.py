@@ -1,5 +1,4 @@
 import csv
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -7,7 +6,9 @@ import pytest
 import torch
 
 from anomaly_diff.callbacks.predictions import COLUMNS, PredictionWriter
+from anomaly_diff.data import MVTecAD
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
+from tests.helpers.trainers import bare_trainer
 from tests.unit.callbacks.test_calibration import ScoreModel
 
 
@@ -22,7 +23,7 @@ class CategoryModel(ScoreModel):
 
 
 def predict(writer, model, tmp_path, scores, categories=("a", "b")):
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path))
+    trainer = bare_trainer(tmp_path)
     batch = {"image": torch.rand(len(scores), 3, 4, 4), "mask": torch.zeros(len(scores), 4, 4),
              "category": list(categories[: len(scores)]),
              "path": [f"/in/{i}.png" for i in range(len(scores))], "index": torch.arange(len(scores))}
@@ -63,7 +64,7 @@ def predict_batches(writer, model, tmp_path, batches):
     The sizes (``len`` of each container among the writer's attributes) are taken after the last batch, before the
     CSV is written: what the writer holds per image predicted.
     """
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path))
+    trainer = bare_trainer(tmp_path)
     writer.on_predict_start(trainer, model)
     for batch_idx, rows in enumerate(batches):
         paths, indices, scores = zip(*rows, strict=True)
@@ -122,8 +123,8 @@ def test_rows_carry_the_detectors_decisions_and_saved_maps_have_the_images_size(
         paths.append(tmp_path / "in" / f"{i}.png")
         paths[-1].parent.mkdir(exist_ok=True)
         cv2.imwrite(str(paths[-1]), np.zeros((height, width, 3), dtype=np.uint8))
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path / "run"),
-                              datamodule=SimpleNamespace(image_size=4, crop_size=4))
+    trainer = bare_trainer(tmp_path / "run")
+    trainer.datamodule = MVTecAD(str(tmp_path), image_size=4, crop_size=4)
     batch = {"image": torch.rand(2, 3, 4, 4), "mask": torch.zeros(2, 4, 4), "category": ["a", "b"],
              "path": [str(path) for path in paths], "index": torch.arange(2)}
     maps = torch.rand(2, 4, 4)

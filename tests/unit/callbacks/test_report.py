@@ -1,5 +1,4 @@
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,6 +6,7 @@ import torch
 
 from anomaly_diff.callbacks import report as report_module
 from anomaly_diff.callbacks.report import RunReport
+from tests.helpers.trainers import bare_trainer
 from tests.unit.callbacks.test_calibration import ScoreModel
 
 
@@ -47,8 +47,7 @@ def test_examples_are_the_extremes_of_each_category_with_ties_to_the_earlier_ima
     labels = rng.integers(0, 2, n).tolist()
     categories = [["a", "b"][i] for i in rng.integers(0, 2, n)]
     reporters = [RunReport(examples=3) for _ in range(ranks)]
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path),
-                              callbacks=[], ckpt_path=None)
+    trainer = bare_trainer(tmp_path)
     model = ScoreModel(["a", "b"])
     model.score_thresholds[:] = torch.tensor([2.5, 3.5])
     for reporter in reporters:
@@ -77,8 +76,8 @@ def test_examples_are_the_extremes_of_each_category_with_ties_to_the_earlier_ima
 
 
 def test_uncalibrated_categories_show_no_decisions(tmp_path):
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path),
-                              callbacks=[], ckpt_path="x.ckpt")
+    trainer = bare_trainer(tmp_path)
+    trainer.ckpt_path = "x.ckpt"
     reporter, model = RunReport(examples=0), ScoreModel(["a"])
     reporter.on_test_epoch_start(trainer, model)
     batch, outputs = next(fake_batches([1.0, 2.0], [0, 1], ["a", "a"]))

@@ -2,7 +2,6 @@ import importlib.metadata
 import io
 import json
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from anomaly_diff.callbacks.reproducibility import (
     collect_random_states,
     environment_record,
 )
+from tests.helpers.trainers import bare_trainer
 
 
 def _draws():
@@ -43,6 +43,6 @@ def test_environment_record_holds_seed_and_versions(tmp_path):
     assert {"torch", "lightning", "numpy"} <= record["packages"].keys()
     callback = RunRecord.__new__(RunRecord)  # only save_config is exercised: it reads .config
     callback.config = {"seed_everything": 5}
-    callback.save_config(SimpleNamespace(log_dir=str(tmp_path), default_root_dir=None), None, "fit")
+    callback.save_config(bare_trainer(tmp_path), None, "fit")
     assert json.loads((tmp_path / "environment.json").read_text())["seed"] == 5
     assert not list(tmp_path.glob(".*.tmp"))

@@ -1,5 +1,4 @@
 import inspect
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from anomaly_diff.errors import NotFittedError
 from anomaly_diff.models.base import CALIBRATION_BUFFERS, AnomalyModule
 from anomaly_diff.models.components.category_classifier import CategoryClassifier
 from tests.helpers.data import write_mvtec_ad
+from tests.helpers.trainers import bare_trainer
 from tests.unit.callbacks.test_evaluation import Samples
 from tests.unit.models.components.test_category_classifier import PICTURES, batches, crops
 
@@ -199,7 +199,8 @@ def test_fit_start_fits_on_every_training_normal_in_order_without_drawing_random
     datamodule = MVTecAD(str(root), image_size=32, crop_size=32, batch_size=2, val_fraction=0.34)
     datamodule.setup("fit")
     model = ConstantLoss(["a", "b", "c"])
-    model.trainer = SimpleNamespace(datamodule=datamodule)
+    model.trainer = bare_trainer(tmp_path)
+    model.trainer.datamodule = datamodule
     state = torch.get_rng_state()
     model.on_fit_start()
     assert torch.equal(torch.get_rng_state(), state)
@@ -207,7 +208,7 @@ def test_fit_start_fits_on_every_training_normal_in_order_without_drawing_random
     counts = expected.fit(DataLoader(datamodule.train_dataset, batch_size=5), model.class_indices)
     assert counts.tolist() == [2, 2, 0]  # one of 3 normals per category is held out for validation
     torch.testing.assert_close(model.category_classifier.class_means, expected.class_means, equal_nan=True)
-    model.trainer = SimpleNamespace(datamodule=None)
+    model.trainer.datamodule = None
     with pytest.warns(UserWarning, match="without a datamodule: the category classifier is not fitted"):
         model.on_fit_start()
 

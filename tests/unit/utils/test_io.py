@@ -40,6 +40,19 @@ def test_writes_bytes_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["panel.png"]
 
 
+def test_files_are_synced_before_the_rename_unless_told_not_to(tmp_path, monkeypatch):
+    # Metrics, configs and CSVs must survive a crash whole; pictures that can be drawn again skip the fsync.
+    synced = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    atomic_write_text(tmp_path / "metrics.json", "{}")
+    atomic_write_bytes(tmp_path / "panel.png", b"\x89PNG\r\n")
+    with atomic_write_stream(tmp_path / "predictions.csv") as handle:
+        handle.write("a\n")
+    assert len(synced) == 3
+    atomic_write_bytes(tmp_path / "overlay.png", b"\x89PNG\r\n", sync=False)
+    assert len(synced) == 3 and (tmp_path / "overlay.png").read_bytes() == b"\x89PNG\r\n"
+
+
 def _write_model(folder, weights=b"new weights"):
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(weights)

@@ -1,9 +1,41 @@
 import os
+from pathlib import Path
 
 import pytest
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from anomaly_diff.errors import OutputPathError
-from anomaly_diff.utils.runs import LATEST, config_changes, point_latest
+from anomaly_diff.utils.runs import LATEST, config_changes, point_latest, run_directory
+from tests.helpers.trainers import bare_trainer
+
+
+class SaveDirLogger(Logger):
+    """A logger that is neither CSV nor TensorBoard: Lightning takes its ``save_dir`` as the run directory."""
+
+    def __init__(self, save_dir):
+        super().__init__()
+        self._save_dir = save_dir
+
+    name, version = "run", 0
+
+    @property
+    def save_dir(self):
+        return self._save_dir
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+
+def test_run_directory_is_the_first_loggers_as_trainer_log_dir_names_it(tmp_path):
+    csv_logger = CSVLogger(tmp_path / "runs", name="drdc")
+    for trainer in (bare_trainer(tmp_path), bare_trainer(tmp_path, logger=csv_logger),
+                    bare_trainer(tmp_path, logger=[SaveDirLogger(str(tmp_path / "own")), csv_logger])):
+        assert run_directory(trainer) == Path(trainer.log_dir)
+    assert run_directory(bare_trainer(tmp_path, logger=csv_logger)) == tmp_path / "runs" / "drdc" / "version_0"
+    assert run_directory(bare_trainer(tmp_path, logger=SaveDirLogger(None))) == tmp_path  # log_dir would be None
 
 
 def test_latest_moves_to_each_complete_run_and_says_what_it_named_before(tmp_path):
