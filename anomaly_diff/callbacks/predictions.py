@@ -139,7 +139,8 @@ class PredictionWriter(BasePredictionWriter):
             raise ValueError("predictions.save_maps needs the datamodule's image_size and crop_size: predict through "
                              "anomaly-diff predict or give the trainer a datamodule")
         width, height = read_size(Path(path))
-        full = to_image_resolution(anomaly_map, height, width, datamodule.image_size, datamodule.crop_size)
+        full = to_image_resolution(anomaly_map, height, width, datamodule.image_size, datamodule.crop_size,
+                                   datamodule.keep_aspect)
         relative = Path("maps") / overlay.relative_to("predictions").with_suffix(".npy")
         buffer = io.BytesIO()
         np.save(buffer, full)

@@ -39,7 +39,8 @@ class AnomalyDataModule(LightningDataModule, ABC):
         root: The data set's root directory.
         categories: The categories to use; ``None`` uses every category found under ``root``.
             Defaults to None.
-        image_size: Side of the square images are resized to. Defaults to 288 (DeCo-Diff).
+        image_size: Side of the square images are resized to (with ``keep_aspect``, the length of their shorter
+            side). Defaults to 288 (DeCo-Diff).
         crop_size: Side of the central crop taken after resizing. Defaults to 256 (DeCo-Diff).
         batch_size: Training batch size. Defaults to 16.
         eval_batch_size: Batch size of validation, test and predict; ``None`` uses ``batch_size``.
@@ -57,6 +58,9 @@ class AnomalyDataModule(LightningDataModule, ABC):
             categories once): such a sample has ``has_mask`` False, and a category with any of them gets image
             metrics only, its pixel metrics reported as not available (``anomaly_diff.metrics.AnomalyMetrics``).
             Defaults to False: a missing mask is an error, as in a broken download of a benchmark.
+        keep_aspect: Resize keeping the aspect ratio (the shorter side to ``image_size``) instead of stretching
+            images to a square; the centre crop then shows their undistorted middle. Defaults to False (the
+            reference's square resize).
 
     Raises:
         DatasetError: ``root`` or a category is missing, or an argument is out of range.
@@ -75,6 +79,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
         seed: int = 0,
         path: str | None = None,
         allow_missing_masks: bool = False,
+        keep_aspect: bool = False,
     ) -> None:
         super().__init__()
         # Record the concrete class's arguments in checkpoints (Lightning collects them from every __init__ up to
@@ -104,6 +109,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
         self.seed = seed
         self.path = None if path is None else Path(path).expanduser()
         self.allow_missing_masks = bool(allow_missing_masks)
+        self.keep_aspect = bool(keep_aspect)
         self._categories = self._select_categories(categories)
         self.train_dataset: AnomalyDataset | None = None
         self.val_dataset: AnomalyDataset | None = None
@@ -171,7 +177,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
         if stage == "predict" and self.path is not None:
             if self.predict_dataset is None:
                 samples = prediction_samples(self.path, self._categories)
-                transform = build_transform(self.image_size, self.crop_size)
+                transform = build_transform(self.image_size, self.crop_size, self.keep_aspect)
                 self.predict_dataset = AnomalyDataset(samples, self._categories, transform)
                 log.info("predicting %d images under %s", len(samples), self.path)
             return
@@ -201,7 +207,7 @@ class AnomalyDataModule(LightningDataModule, ABC):
             val += held_out
             test += [sample for sample in samples if sample.split == "test"]
         self._check_masks(test)
-        transform = build_transform(self.image_size, self.crop_size)
+        transform = build_transform(self.image_size, self.crop_size, self.keep_aspect)
         self.train_dataset = AnomalyDataset(train, self._categories, transform)
         self.val_dataset = AnomalyDataset(val, self._categories, transform)
         self.test_dataset = AnomalyDataset(test, self._categories, transform)

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly_diff import Detector
 from anomaly_diff.cli import main
 from anomaly_diff.data import MVTecAD
 from anomaly_diff.models.autoencoder import Autoencoder
+from anomaly_diff.postprocessing import crop_box
 from tests.helpers.configs import TINY_AUTOENCODER, write_tiny_config
 from tests.helpers.data import write_mvtec_ad
 from tests.helpers.runs import run_dirs
@@ -136,3 +138,35 @@ def test_predict_on_a_folder_writes_scores_decisions_and_overlays(trained, model
     rows = list(csv.DictReader((newest / "predictions.csv").open()))
     assert {(row["threshold"], row["anomalous"]) for row in rows} == {("1000000000.0", "False")}
 
+
+
+@pytest.mark.parametrize("keep_aspect", [False, True])
+def test_predict_saves_maps_of_each_images_own_size_as_the_detector_gives_them(trained, model, tmp_path, keep_aspect):
+    """Non-square images of several sizes: each saved map has its image's size, NaN outside the crop's box, and
+    equals the Detector's map of the same image (one post-processing path)."""
+    config, root, run = trained
+    incoming = tmp_path / "incoming" / "a"
+    incoming.mkdir(parents=True)
+    source = cv2.imread(str(root / "a" / "test" / "crack" / "000.png"))
+    sizes = {"tall.png": (50, 30), "wide.png": (40, 64), "square.png": (32, 32)}  # (height, width)
+    for name, (height, width) in sizes.items():
+        cv2.imwrite(str(incoming / name), cv2.resize(source, (width, height), interpolation=cv2.INTER_LINEAR))
+    out = tmp_path / "out"
+    main(["predict", "--config", str(config), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+          f"--data.path={incoming}", f"--data.init_args.keep_aspect={str(keep_aspect).lower()}",
+          f"--trainer.logger.init_args.save_dir={out}", "--predictions.save_maps=true"])
+    (predict_run,) = run_dirs(out / "tiny")
+    rows = list(csv.DictReader((predict_run / "predictions.csv").open()))
+    detector = Detector(model, DATA["image_size"], DATA["crop_size"], keep_aspect=keep_aspect)
+    assert len(rows) == 3
+    for row in rows:
+        name = row["path"].rsplit("/", 1)[-1]
+        height, width = sizes[name]
+        saved = np.load(predict_run / row["map"])
+        top, bottom, left, right = crop_box(height, width, DATA["image_size"], DATA["crop_size"], keep_aspect)
+        scored = ~np.isnan(saved)
+        assert saved.shape == (height, width)
+        assert scored[top:bottom, left:right].all() and scored.sum() == (bottom - top) * (right - left)
+        expected = detector.predict(row["path"], category="a")
+        np.testing.assert_allclose(saved, expected.anomaly_map, rtol=0, atol=1e-5)
+        assert float(row["score"]) == pytest.approx(expected.score, rel=1e-5)
