@@ -59,6 +59,56 @@ bench-train: $(INSTALLED) ## Images/s and peak RSS of DeCo-Diff training steps: 
 bench-export: $(INSTALLED) ## Images/s of DeCo-Diff eager vs exported (exported-program, ONNX Runtime, TorchScript), batch 1 and 8
 	$(PY) experiments/bench_export.py
 
+# Experiments: experiments/README.md lists each script's results, prerequisites and time. They run single-threaded
+# (OMP_NUM_THREADS=1) on this 2-core machine; the studies take hours. REFERENCE=<DeCo-Diff checkout> for the parity.
+.PHONY: study-drdc study-drdc-timing study-deco-diff-chain study-latent-space study-category-prediction \
+	baseline-embedded baseline-make-run parity-reference parity-reference-unet
+EXP := OMP_NUM_THREADS=1 $(PY)
+DRDC_SEEDS := 0 1 2
+LATENT_CANDIDATES := kl features features_proj4
+
+study-drdc: $(INSTALLED) ## DRDC ablation: train seeds 0 1 2, choose on the tuning split, score the test split once (hours)
+	for s in $(DRDC_SEEDS); do $(EXP) experiments/drdc_ablation.py train --seed $$s || exit 1; done
+	$(EXP) experiments/drdc_ablation.py sample --seed 0 --split tuning --round 1
+	$(EXP) experiments/drdc_ablation.py choose
+	for s in $(DRDC_SEEDS); do $(EXP) experiments/drdc_ablation.py sample --seed $$s --split tuning --round 2 || exit 1; done
+	for s in $(DRDC_SEEDS); do $(EXP) experiments/drdc_ablation.py sample --seed $$s --split test --round 3 || exit 1; done
+	$(EXP) experiments/drdc_ablation.py report
+
+study-drdc-timing: $(INSTALLED) ## DRDC inference ms/image, base alone vs base + refinement (needs study-drdc's seed-0 stages)
+	$(EXP) experiments/drdc_timing.py
+
+study-deco-diff-chain: $(INSTALLED) ## DeCo-Diff test-time chain chosen on the tuning split (CKPT=, default make run's last.ckpt)
+	$(EXP) experiments/deco_diff_chain.py --ckpt $(or $(CKPT),$(RUNS_DIR)/deco_diff/embedded/latest/checkpoints/last.ckpt)
+
+study-latent-space: $(INSTALLED) ## Latent-space candidates, their test-time maps and DeCo-Diff epochs, chosen on the tuning split (hours)
+	for c in $(LATENT_CANDIDATES); do $(EXP) experiments/latent_space.py train $$c || exit 1; done
+	for c in features features_proj4; do $(EXP) experiments/latent_space.py maps $$c || exit 1; done
+	$(EXP) experiments/latent_space.py train features_e60
+	$(EXP) experiments/latent_space.py epochs features_e60
+	$(EXP) experiments/latent_space.py report
+
+study-category-prediction: $(INSTALLED) ## Category-classifier accuracy and its cost to DeCo-Diff (needs study-latent-space's features_proj4)
+	$(EXP) experiments/category_prediction.py
+
+baseline-embedded: $(INSTALLED) ## Simple baselines and a PatchCore-style reference on the embedded data (realistic seeds 0 1, hard seed 0)
+	$(EXP) experiments/embedded_baseline.py --seed 0 --difficulty realistic
+	$(EXP) experiments/embedded_baseline.py --seed 1 --difficulty realistic
+	$(EXP) experiments/embedded_baseline.py --seed 0 --difficulty hard
+
+baseline-make-run: $(INSTALLED) ## The references (feature kNN, colour Gaussian) on make run's own test images and metrics
+	$(EXP) experiments/make_run_references.py --data-seed 0
+	$(EXP) experiments/make_run_references.py --data-seed 1
+	$(EXP) experiments/make_run_references.py --data-seed 0 --difficulty hard
+
+parity-reference: $(INSTALLED) ## Element-by-element parity of DeCo-Diff with the reference code (REFERENCE=<DeCo-Diff checkout>)
+	@test -n "$(REFERENCE)" || { echo "make parity-reference: give the reference code: make parity-reference REFERENCE=/path/to/DeCo-Diff" >&2; exit 2; }
+	$(EXP) experiments/reference_parity.py --reference $(REFERENCE)
+
+parity-reference-unet: $(INSTALLED) ## Print the UNet parity table against the reference code (REFERENCE=<DeCo-Diff checkout>)
+	@test -n "$(REFERENCE)" || { echo "make parity-reference-unet: give the reference code: make parity-reference-unet REFERENCE=/path/to/DeCo-Diff" >&2; exit 2; }
+	$(EXP) experiments/reference_unet_parity.py --reference $(REFERENCE)
+
 sweep: $(INSTALLED) ## Create the W&B sweep SWEEP=<file> (configs/sweeps/) and run an agent on it (needs W&B online)
 	@test -n "$(SWEEP)" || { echo "make sweep: give a sweep file: make sweep SWEEP=configs/sweeps/deco_diff.yaml" >&2; exit 2; }
 	$(PY) -m anomaly_diff.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT))

@@ -38,16 +38,13 @@ import argparse
 import functools
 import json
 import os
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-from bench_common import machine
+from bench_common import header_lines, results_header
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -468,13 +465,11 @@ def markdown(report: dict) -> str:
     lines = [
         "# Peak memory of the test and predict stages at 1x and 10x the embedded test set",
         "",
-        f"Command: `{report['command']}`  ",
+        *header_lines(report)[:-1],
+        header_lines(report)[-1] + "  ",
         *([f"Test rows (exact, binned): copied from the previous run of this script ({reused['command']}, written "
-           f"{reused['written']}); only the predict rows were run by the command above.  "]
+           f"{reused['written']}); only the predict rows were run by the command above."]
           if (reused := report.get("test_rows_from")) else []),
-        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['ram_gib']} GiB "
-        f"RAM; {report['machine']['note']}.  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         "",
         f"Data: the embedded generator's {categories} categories, test split {DEFAULT_GOOD} + {DEFAULT_DEFECTIVE} "
         f"images per category at 1x ({runs['exact_x1']['images']} images) and 10x ({x10['images']} images, "
@@ -624,16 +619,15 @@ def main() -> None:
             "versions": previous["versions"],
             "generation_s": previous["generation_s"],
         }
+    header, _ = results_header(
+        "2 cores shared with other developers' jobs while measuring (children run with nice -n 5); times are "
+        "indicative",
+        extra_versions=("torchmetrics", "numpy"),
+    )
     report = {
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        **header,
         "test_rows_from": test_rows_from,
         "cli_args": {name: cli_args(int(name.rsplit("_x", 1)[1]), name.split("_")[0]) for name in runs},
-        "machine": machine("2 cores shared with other developers' jobs while measuring (children run with nice -n 5); "
-        "times are indicative"),
-        "versions": {
-            "python": platform.python_version(),
-            **{p: version(p) for p in ("torch", "lightning", "torchmetrics", "numpy")},
-        },
         "load_average": list(os.getloadavg()),
         "generation_s": generation,
         "test_folders": test_folders,

@@ -18,7 +18,7 @@ metric (and the batch generator, about 10 MB) added. Torch runs with one thread 
   evaluation code does. The exact AUPRO over all thresholds by such a loop would take millions of passes.
 
 Usage (from the repository root): ``make bench-metrics`` or ``.venv/bin/python experiments/bench_metrics.py``.
-Writes experiments/results/metrics.json and metrics.md.
+Writes experiments/results/bench_metrics.json and bench_metrics.md.
 """
 
 from __future__ import annotations
@@ -26,19 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_common import machine
+from bench_common import header_lines, results_header
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = 256
@@ -216,11 +213,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# AnomalyMetrics at MVTec AD size",
         "",
-        f"Command: `{report['command']}`  ",
-        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores "
-        f"({report['machine']['torch_threads']} torch threads), {report['machine']['ram_gib']} GiB RAM; "
-        f"{report['machine']['note']}.  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        *header_lines(report),
         "",
         f"Data: {report['data']['images']} synthetic maps of {SIZE} x {SIZE} ({report['data']['pixels'] / 1e6:.0f} M "
         "pixels) in MVTec AD's 15 categories and test counts; see the script's docstring.",
@@ -295,13 +288,12 @@ def main() -> None:
         },
     }
     images = sum(n + a for _, n, a in MVTEC_TEST)
+    header, _ = results_header(
+        "2 cores shared with other developers' jobs while measuring; times are indicative",
+        extra_versions=("torchmetrics", "numpy", "scipy", "scikit-learn"),
+    )
     report = {
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "machine": machine("2 cores shared with other developers' jobs while measuring; times are indicative"),
-        "versions": {
-            "python": platform.python_version(),
-            **{p: version(p) for p in ("torch", "torchmetrics", "numpy", "scipy", "scikit-learn")},
-        },
+        **header,
         "data": {"images": images, "size": SIZE, "pixels": images * SIZE * SIZE},
         "memory_measure": "peak RSS (ru_maxrss) of a fresh process minus RSS before the first update",
         "runs": runs,
@@ -310,8 +302,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     from anomaly_diff.utils.io import atomic_write_text
 
-    json_path = atomic_write_text(RESULTS / "metrics.json", json.dumps(report, indent=2, allow_nan=True) + "\n")
-    md_path = atomic_write_text(RESULTS / "metrics.md", markdown(report))
+    json_path = atomic_write_text(RESULTS / "bench_metrics.json", json.dumps(report, indent=2, allow_nan=True) + "\n")
+    md_path = atomic_write_text(RESULTS / "bench_metrics.md", markdown(report))
     print(f"wrote {json_path} and {md_path}")
 
 

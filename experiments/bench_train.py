@@ -38,19 +38,17 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
 import time
 import warnings
 from contextlib import nullcontext
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
 import yaml
-from bench_common import embedded_autoencoder, machine
+from bench_common import embedded_autoencoder, header_lines, results_header
 
 from anomaly_diff.utils.io import atomic_write_text
 
@@ -203,15 +201,13 @@ def ratios(rows: list[dict]) -> dict[str, float]:
 
 
 def markdown(report: dict) -> str:
-    m, first = report["machine"], report["rows"][0]
+    first = report["rows"][0]
     step = {(r["batch"], r["precision"], r["latents"]): r["median_step_s"] for r in report["rows"]}
     lines = [
         "# DeCo-Diff training throughput and peak memory (embedded setting)",
         "",
-        f"Command: `{report['command']}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s) per run, {m['ram_gib']} GiB "
-        f"RAM, load average at the end (1/5/15 min) {m['load_average']}; {m['note']}.  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".  ",
+        *header_lines(report)[:-1],
+        header_lines(report)[-1] + "  ",
         f"Wall time of the whole benchmark: {report['wall_s']:.0f} s.",
         "",
         f"Model: `configs/deco_diff/embedded.yaml` (tiny UNet, {first['trainable_parameters']:,} trainable parameters, "
@@ -280,13 +276,12 @@ def main() -> None:
     ]
     wall = time.perf_counter() - started
     deco = yaml.safe_load((ROOT / "configs/deco_diff/embedded.yaml").read_text())["model"]["init_args"]
+    header, _ = results_header(
+        f"one process per setting (each with the torch threads above), run one after another at niceness "
+        f"{os.nice(0)}; other jobs may share the cores (see the load averages)"
+    )
     report = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "machine": machine(
-            f"one process per setting, run one after another at niceness {os.nice(0)}; other jobs may share the "
-            "cores (see the load averages)"
-        ),
-        "versions": {name: version(name) for name in ("torch", "lightning", "diffusers", "anomaly-diff")},
+        **header,
         "warmup": args.warmup,
         "steps": args.steps,
         "adamw": deco["optimizer"]["init_args"],

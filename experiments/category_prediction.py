@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_common import header_lines, results_header
 from torch.utils.data import DataLoader
 
 from anomaly_diff.data import BTAD, Embedded, MVTecAD, VisA
@@ -211,7 +211,9 @@ def report(results: dict) -> str:
     lines = [
         "# Category prediction: accuracy, and what predicted categories cost DeCo-Diff",
         "",
-        f"`{results['command']}` (module docstring: what is measured; {results['seconds']:.0f} s, one thread).",
+        *header_lines(results)[:-1],
+        header_lines(results)[-1] + "  ",
+        f"Time: {results['seconds']:.0f} s, one thread (module docstring: what is measured).",
         "",
         "The predictor (`anomaly_diff/models/components/category_classifier.py`): cosine to the mean of each "
         "category's L2-normalised, globally pooled deepest-stage EfficientNet-Lite0 features (320 channels), fitted "
@@ -277,8 +279,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
-    results = {"command": shlex.join(["python", "experiments/category_prediction.py", *sys.argv[1:]]),
-               "classifier": {}}
+    results = {"classifier": {}}
     for name, path in (("embedded realistic, data_seed 0", "configs/data/embedded.yaml"),
                        ("embedded realistic, data_seed 0 (DRDC's size)", "configs/drdc/embedded_data.yaml")):
         data = Embedded(**data_config(path))
@@ -293,6 +294,7 @@ def main() -> None:
         results["deco_diff"] = deco_diff(args.checkpoint.resolve())
         print(json.dumps({s: results["deco_diff"][s]["mean"] for s in ("given", "predicted")}), flush=True)
     results["seconds"] = time.time() - start
+    results = {**results_header("one torch thread; 2 CPU cores shared with other jobs")[0], **results}
     atomic_write_text(RESULTS / "category_prediction.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(RESULTS / "category_prediction.md", report(results))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import header_lines, results_header
 
 from anomaly_diff.diffusion.schedule import respaced_timesteps
 from anomaly_diff.utils.io import atomic_write_text
@@ -66,7 +66,9 @@ def markdown(record: dict) -> str:
     lines = [
         "# DeCo-Diff on the embedded data: the test-time chain, chosen on a tuning split",
         "",
-        f"`{record['command']}` ({record['seconds']:.0f} s). Model: `{record['checkpoint']}` (`make run`'s, trained",
+        *header_lines(record)[:-1],
+        header_lines(record)[-1] + "  ",
+        f"Time: {record['seconds']:.0f} s. Model: `{record['checkpoint']}` (`make run`'s, trained",
         "once; the chain acts at test time only). Tuning split: the test images of the embedded data generated",
         "with `data_seed` 1; test split: those of `data_seed` 0 (what `make run` reports). Choice: the best mean of",
         "the four metrics on the tuning split. Percent.",
@@ -119,7 +121,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     chosen = max(rows, key=lambda r: r["tuning_mean"])["chain"]
-    record = {"command": shlex.join(["python", *sys.argv]), "checkpoint": str(args.ckpt),
+    header, _ = results_header("the `anomaly-diff test` runs one after another; 2 CPU cores shared with other jobs")
+    record = {**header, "checkpoint": str(args.ckpt),
               "seconds": time.time() - start, "chosen": chosen, "rows": rows}
     atomic_write_text(RESULTS / "deco_diff_chain.json", json.dumps(record, indent=2) + "\n")
     atomic_write_text(RESULTS / "deco_diff_chain.md", markdown(record))

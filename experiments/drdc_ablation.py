@@ -8,7 +8,7 @@ in parallel (single-threaded: ``OMP_NUM_THREADS=1``):
     python experiments/drdc_ablation.py choose                                     # -> .cache/drdc/evidence/chosen.json
     python experiments/drdc_ablation.py sample --seed S --split tuning --round 2   # the choice and its components
     python experiments/drdc_ablation.py sample --seed S --split test --round 3     # the choice, on the test split
-    python experiments/drdc_ablation.py report     # -> experiments/results/drdc_{ablation,sensitivity}.{md,json}
+    python experiments/drdc_ablation.py report     # -> experiments/results/drdc_ablation{.md,.json,_sensitivity.md}
 
 Round 1 samples the start of the hidden region and ``t_{n_t}`` (``ROUND_1``) with training seed 0; ``choose`` scores
 every round-1 sampling with every post-hoc setting of ``POST_HOC`` (``m``, heatmap mode, temporal fusion,
@@ -25,12 +25,12 @@ import argparse
 import itertools
 import json
 import os
-import shlex
 import subprocess
 import sys
 from dataclasses import replace
 
 import torch
+from bench_common import results_header
 from drdc_common import (
     EVIDENCE,
     HEADER,
@@ -45,7 +45,6 @@ from drdc_common import (
     correction_maps,
     describe,
     evaluate,
-    machine,
     summarise,
 )
 
@@ -216,12 +215,15 @@ def report(argv: list[str]) -> None:
         "fused": scored("test", chosen, fused_mode, cached_only=True),
         "chosen": scored("test", chosen_inpainting, fusion, cached_only=True),
     }
-    command = "python experiments/drdc_ablation.py " + " ".join(shlex.quote(a) for a in argv)
+    header, header_md = results_header(
+        "2 CPU cores shared with other jobs; run after the `sample` and `choose` steps in the script's docstring",
+        argv=[os.path.relpath(__file__, REPO), *argv],
+    )
     text = "\n".join([
         "# DRDC on the embedded data: settings chosen on a tuning split, the test split scored once",
         "",
-        f"Command: `{command}` (after the `sample` and `choose` steps in its docstring)  ",
-        f"Machine: {machine()}  ",
+        *header_md[:-1],
+        header_md[-1] + "  ",
         "Data: the realistic embedded data at 64 px (configs/drdc/embedded_data.yaml, 9 categories); stages trained on "
         "its training normals (data_seed 0) with configs/drdc/{base,refinement}/embedded.yaml, refinement 30 epochs, "
         f"seeds {', '.join(map(str, SEEDS))} (training and sampling).  ",
@@ -253,7 +255,9 @@ def report(argv: list[str]) -> None:
     sensitivity_text = "\n".join([
         "# DRDC sensitivity on the embedded data's tuning split: t_{n_t}, m and gamma around the choice",
         "",
-        f"Made by `{command}` with drdc_ablation.md (same data, seeds, metrics and columns; the chosen setting, "
+        *header_md,
+        "",
+        "Made by the command above with drdc_ablation.md (same data, seeds, metrics and columns; the chosen setting, "
         f"**{name}**, is that file's `fused` row). The t_{{n_t}} rows (round 1) were sampled with seed 0 only, as the "
         "choice was; m and gamma reuse the inpaintings of every seed. n_t and n_s were not re-measured under this "
         "protocol, for lack of CPU time.",
@@ -262,11 +266,11 @@ def report(argv: list[str]) -> None:
         "",
     ])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "drdc_sensitivity.md", sensitivity_text)
+    atomic_write_text(RESULTS / "drdc_ablation_sensitivity.md", sensitivity_text)
     atomic_write_text(RESULTS / "drdc_ablation.md", text)
     atomic_write_text(RESULTS / "drdc_ablation.json", json.dumps(
-        {"chosen": name, "setting": describe(chosen_inpainting, fusion), "best_fused": describe(chosen, fused_mode),
-         "test": test, "tuning_rows": rows,
+        {**header, "chosen": name, "setting": describe(chosen_inpainting, fusion),
+         "best_fused": describe(chosen, fused_mode), "test": test, "tuning_rows": rows,
          "candidates": tuning}, indent=2, default=list))
     print(text)
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, fields, replace
@@ -215,11 +213,3 @@ def cells(summary: dict) -> str:
 HEADER = ("| row | image AUROC | pixel AUROC | pixel AUPRC | AUPRO | mean of the four | ms / image | what changes |\n"
           "|---|---|---|---|---|---|---|---|")
 
-
-def machine() -> str:
-    load = os.getloadavg()
-    return (
-        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores shared with other jobs "
-        f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )

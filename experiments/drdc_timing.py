@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
+import os
 import sys
 import time
 
 import torch
 import yaml
-from drdc_common import REPO, RESULTS, data_module, machine, stage_paths
+from bench_common import results_header
+from drdc_common import REPO, RESULTS, data_module, stage_paths
 
 from anomaly_diff.models.drdc import DRDC, FusionConfig, InpaintingConfig
 from anomaly_diff.utils.io import atomic_write_text
@@ -72,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     inpainting = model.model.refiner.inpainting
     passes = len(inpainting.patch_sizes) * inpainting.num_sets * inpainting.num_timesteps * inpainting.resample
     passes *= 1 if inpainting.guidance_scale in (0.0, 1.0) else 2
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    header, header_md = results_header(
+        "2 CPU cores shared with other jobs",
+        argv=[os.path.relpath(__file__, REPO), *(sys.argv[1:] if argv is None else argv)],
+    )
     test_settings = {key: value for key, value in settings.items() if "checkpoint" not in key}
     text = "\n".join([
         "# DRDC inference time: base alone vs base + refinement",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}  ",
+        *header_md[:-1],
+        header_md[-1] + "  ",
         f"Model: configs/drdc/embedded.yaml ({json.dumps(test_settings)})"
         f", 64 px images; the refinement runs {passes} UNet passes per image "
         "(configurations x n_s x n_t x resample, x2 with guidance).  ",
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])
     atomic_write_text(RESULTS / "drdc_timing.md", text)
-    atomic_write_text(RESULTS / "drdc_timing.json", json.dumps(results, indent=2))
+    atomic_write_text(RESULTS / "drdc_timing.json", json.dumps({**header, **results}, indent=2))
     print(text)
     return 0
 

@@ -19,8 +19,8 @@ precision) from scikit-learn, and the image AUROC of normal-vs-each-defect-type.
 
 Each run is one entry ``<difficulty>/seed<seed>`` of results/embedded_baseline.json (entries of other settings are
 kept, so both difficulties and the calibration seed live in one file); results/embedded_baseline.md is rewritten
-from all entries. A seed-0 run also draws results/embedded_examples.png (``realistic``) or
-results/embedded_examples_hard.png: per category one normal test image and one per defect type, mask outlined.
+from all entries. A seed-0 run also draws results/embedded_baseline_examples.png (``realistic``) or
+results/embedded_baseline_examples_hard.png: per category one normal test image and one per defect type, mask outlined.
 
     python experiments/embedded_baseline.py [--seed 0] [--difficulty realistic] [--image-size 256]
 """
@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_common import header_lines, results_header
 from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
@@ -172,7 +171,7 @@ def markdown(entries: dict) -> str:
         "seeds 0 and 1). On the stochastic textures (grass, gravel, tissue) `feature_knn`'s image score is often "
         "the map's maximum in an image corner (zero padding of the backbone at a randomly cropped texture's border), "
         "so a defect there counts only if it scores above the corners: contamination and holes do, dark stains and "
-        "thin lines on gravel mostly do not although they are plain to the eye (embedded_examples.png).",
+        "thin lines on gravel mostly do not although they are plain to the eye (embedded_baseline_examples.png).",
         "",
         "## Summary (mean over categories)",
         "",
@@ -190,8 +189,7 @@ def markdown(entries: dict) -> str:
             "",
             f"## {key}",
             "",
-            f"Command: `{report['command']}`  ",
-            f"Machine: {report['machine']}  ",
+            *[line if line.endswith("  ") else line + "  " for line in header_lines(report)],
             f"Data: {json.dumps(report['data_parameters'])} (generator version {report['generator_version']})  ",
             f"Generation time of the data set: {report['generation_seconds']:.1f} s",
         ]
@@ -233,11 +231,11 @@ def main() -> None:
         RESULTS.mkdir(exist_ok=True)
         if args.seed == 0:
             suffix = "" if args.difficulty == "realistic" else f"_{args.difficulty}"
-            contact_sheet(root, categories, defect_types).save(RESULTS / f"embedded_examples{suffix}.png",
+            contact_sheet(root, categories, defect_types).save(RESULTS / f"embedded_baseline_examples{suffix}.png",
                                                                optimize=True)
+    header, _ = results_header(argv=[os.path.relpath(__file__), *sys.argv[1:]])
     report = {
-        "command": shlex.join(["python", os.path.relpath(__file__), *sys.argv[1:]]),
-        "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPU cores",
+        **header,
         "data_parameters": manifest["parameters"],
         "generator_version": manifest["version"],
         "defect_types": list(defect_types),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from bench_common import results_header
 
 from anomaly_diff.data import Embedded
 from anomaly_diff.metrics import AnomalyMetrics
@@ -279,11 +280,14 @@ def percent(values: dict) -> str:
 def report() -> None:
     """Collect every candidate's record into experiments/results/latent_space.{json,md}."""
     records = {name: load_record(name) for name in CANDIDATES if (WORK / name / "record.json").exists()}
-    atomic_write_text(RESULTS / "latent_space.json", json.dumps(records, indent=2) + "\n")
+    header, header_md = results_header("report only: the runs' own times are in the tables")
+    atomic_write_text(RESULTS / "latent_space.json", json.dumps({**header, "candidates": records}, indent=2) + "\n")
     lines = [
         "# The offline latent space and DeCo-Diff's settings for the embedded data, chosen on a tuning split",
         "",
-        "Written by `python experiments/latent_space.py report` from the runs of its `train`, `maps`, `epochs` and "
+        *header_md,
+        "",
+        "Written by the command above (`report`) from the runs of its `train`, `maps`, `epochs` and "
         "`test` actions (module docstring). Tuning split: the realistic embedded data of `data_seed` 1 (models "
         "trained on its training images, scored on its test images); test split: the test images of `data_seed` 0, "
         "what `make run` reports, scored after the choice and only for the record. Mean over the 9 categories, "

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import header_lines, results_header
 from embedded_baseline import colour_gaussian, feature_knn
 
 from anomaly_diff.data import Embedded
@@ -70,7 +69,7 @@ def main() -> None:
     data.setup("fit")
     data.setup("test")
     train, test = by_category(data.train_dataloader()), by_category(data.test_dataloader())
-    entry = {"command": shlex.join(["python", *sys.argv]), "data_seed": args.data_seed,
+    entry = {"data_seed": args.data_seed,
              "difficulty": args.difficulty, "references": {}}
     for name, reference in REFERENCES.items():
         start = time.time()
@@ -83,6 +82,7 @@ def main() -> None:
         result = metrics.compute()
         entry["references"][name] = {**result, "seconds": time.time() - start}
         print(name, {m: round(100 * v, 1) for m, v in result["mean"].items()}, flush=True)
+    entry = {**results_header("2 CPU cores shared with other jobs")[0], **entry}
     path = RESULTS / "make_run_references.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     record[f"{args.difficulty}/seed{args.data_seed}"] = entry
@@ -96,7 +96,7 @@ def markdown(record: dict) -> str:
              "the working resolution of configs/data/embedded.yaml (128 px crop), the project's exact metrics. "
              "Percent; mean over categories.", ""]
     for key, entry in record.items():
-        lines += [f"## {key}", "", f"`{entry['command']}`", "", "| reference | " + " | ".join(METRIC_NAMES) + " |",
+        lines += [f"## {key}", "", *header_lines(entry), "", "| reference | " + " | ".join(METRIC_NAMES) + " |",
                   "|---|" + "---|" * len(METRIC_NAMES)]
         for name, result in entry["references"].items():
             lines.append(f"| {name} | " + " | ".join(f"{100 * result['mean'][m]:.1f}" for m in METRIC_NAMES) + " |")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import results_header
 from deco_diff_reference import DEFAULT_REFERENCE, reference_code
 from diffusers import AutoencoderKL
 from reference_unet_parity import markdown_table, unet_parity_rows
@@ -263,11 +264,13 @@ def reference_commit(reference_dir: Path) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown (not a git checkout)"
 
 
-def markdown(rows: list[dict], unet_rows: list[dict], command: str, commit: str) -> str:
+def markdown(rows: list[dict], unet_rows: list[dict], header_md: list[str], commit: str) -> str:
     lines = [
         "# DeCo-Diff: this project against the reference code, element by element",
         "",
-        f"`{command}` (reference commit {commit}, fetched, never committed). Each row feeds the reference's",
+        *header_md,
+        "",
+        f"Reference commit {commit} (fetched, never committed). Each row feeds the reference's",
         "function and this project's the same inputs (float32, CPU) and gives the largest absolute difference of the",
         f"outputs. Target: <= {TOLERANCE:g} (float precision) for the elements, <= 1e-4 for the UNets.",
         "",
@@ -321,11 +324,14 @@ def main() -> None:
     rows.extend(learning_rate_rows())
     if not args.skip_unets:
         unet_rows = unet_parity_rows(args.reference)
-        command = "python experiments/reference_parity.py --reference <DeCo-Diff copy>"
+        # The command without the path of the reference copy, which is the reader's own.
+        argv = [("--reference=<DeCo-Diff copy>" if a.startswith("--reference=") else
+                 "<DeCo-Diff copy>" if i and sys.argv[i - 1] == "--reference" else a) for i, a in enumerate(sys.argv)]
+        header, header_md = results_header("float32, one torch thread", argv=argv)
         commit = reference_commit(args.reference)
-        record = {"command": command, "reference_commit": commit, "elements": rows, "unets": unet_rows}
+        record = {**header, "reference_commit": commit, "elements": rows, "unets": unet_rows}
         atomic_write_text(RESULTS / "reference_parity.json", json.dumps(record, indent=2) + "\n")
-        atomic_write_text(RESULTS / "reference_parity.md", markdown(rows, unet_rows, command, commit))
+        atomic_write_text(RESULTS / "reference_parity.md", markdown(rows, unet_rows, header_md, commit))
     for r in rows:
         print(f"{r['max_abs_diff']:.2e}  {r['element']}")
     print(shlex.join(sys.argv))

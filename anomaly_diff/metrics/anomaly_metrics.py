@@ -75,7 +75,7 @@ class AnomalyMetrics(Metric):
     Memory (exact mode): 5 bytes per pixel of state (float32 map, uint8 mask), and at compute time 8 bytes per
     pixel of the largest category plus about ``80 * chunk_size`` bytes for sorting a chunk and its curve (see
     :mod:`anomaly_diff.metrics.exact`). Binned mode: ``16 * num_bins`` bytes per image, see
-    :mod:`anomaly_diff.metrics.binned` for its error. experiments/results/metrics.md has measurements.
+    :mod:`anomaly_diff.metrics.binned` for its error. experiments/results/bench_metrics.md has measurements.
 
     Args:
         num_bins: ``None`` for exact pixel metrics; an integer ``>= 2`` for pixel metrics over that many equal
