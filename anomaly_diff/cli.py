@@ -99,7 +99,10 @@ class AnomalyCLI(LightningCLI):
             self.config.predict.return_predictions = False
 
     def instantiate_classes(self) -> None:
-        """Instantiate, showing a constructor's own error instead of jsonargparse's wrapper around it."""
+        """Instantiate, showing a constructor's :class:`UserError` instead of jsonargparse's wrapper around it.
+
+        Any other error of a constructor is a bug and keeps its traceback (wrapped by jsonargparse).
+        """
         try:
             super().instantiate_classes()
         except ValueError as error:
@@ -109,8 +112,6 @@ class AnomalyCLI(LightningCLI):
             own = next((cause for cause in chain if isinstance(cause, UserError)), None)
             if own is not None:
                 raise own from None
-            if len(chain) > 1 and isinstance(chain[-1], ValueError):  # a constructor's argument check
-                raise ConfigError(str(chain[-1])) from error
             raise
 
     def instantiate_trainer(self, **kwargs) -> Trainer:

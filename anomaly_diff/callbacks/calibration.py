@@ -8,6 +8,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.errors import ConfigError
 
 
 class NormalCalibration(Callback):
@@ -40,9 +41,9 @@ class NormalCalibration(Callback):
 
     def __init__(self, quantile: float = 0.99, every_n_epochs: int = 1) -> None:
         if not 0 < quantile <= 1:
-            raise ValueError(f"calibration.quantile={quantile} is out of range; it must be in (0, 1]")
+            raise ConfigError(f"calibration.quantile={quantile} is out of range; it must be in (0, 1]")
         if every_n_epochs < 1:
-            raise ValueError(f"calibration.every_n_epochs={every_n_epochs} is out of range; it must be >= 1")
+            raise ConfigError(f"calibration.every_n_epochs={every_n_epochs} is out of range; it must be >= 1")
         self.quantile = quantile
         self.every_n_epochs = every_n_epochs
         self._kept: dict[int, tuple[str, float, float, float]] = {}

@@ -1,10 +1,10 @@
 """The embedded default data set as a data module: generated offline on first use, then read as MVTec AD."""
 
 from pathlib import Path
+from typing import Literal
 
 from anomaly_diff.data import synthetic
 from anomaly_diff.data.mvtec_ad import MVTecAD
-from anomaly_diff.errors import DatasetError
 
 
 class Embedded(MVTecAD):
@@ -40,11 +40,9 @@ class Embedded(MVTecAD):
         num_train: int = 60,
         num_test_good: int = 10,
         num_test_defective: int = 20,
-        difficulty: str = "realistic",
+        difficulty: Literal["realistic", "hard"] = "realistic",
         **kwargs,
     ) -> None:
-        if difficulty not in synthetic.DIFFICULTIES:
-            raise DatasetError(f"difficulty must be one of {synthetic.DIFFICULTIES}, got {difficulty!r}")
         self.difficulty = difficulty
         self.data_seed = data_seed
         self.generated_size = generated_size

@@ -54,7 +54,7 @@ import skimage.data
 from PIL import Image
 from scipy import ndimage
 
-from anomaly_diff.errors import OutputPathError
+from anomaly_diff.errors import DatasetError, OutputPathError
 from anomaly_diff.utils.io import atomic_write_text
 
 GENERATOR_VERSION = 3
@@ -533,7 +533,7 @@ def apply_defect(
 
 def _check_difficulty(difficulty: str) -> None:
     if difficulty not in DIFFICULTIES:
-        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+        raise DatasetError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
 
 
 def _defect_counts(num_test_defective: int, difficulty: str) -> dict[str, int]:
@@ -670,11 +670,11 @@ def generate_embedded_dataset(
     categories = list(EMBEDDED_CATEGORIES if categories is None else categories)
     unknown = sorted(set(categories) - set(EMBEDDED_CATEGORIES))
     if unknown or not categories or len(set(categories)) != len(categories):
-        raise ValueError(f"categories must be distinct names from {EMBEDDED_CATEGORIES}, got {categories}")
+        raise DatasetError(f"categories must be distinct names from {EMBEDDED_CATEGORIES}, got {categories}")
     if image_size < 32:
-        raise ValueError(f"image_size must be at least 32, got {image_size}")
+        raise DatasetError(f"image_size must be at least 32, got {image_size}")
     if num_train < 1 or num_test_good < 0 or num_test_defective < 0:
-        raise ValueError(f"need num_train >= 1, num_test_good >= 0, num_test_defective >= 0; got {num_train}, "
+        raise DatasetError(f"need num_train >= 1, num_test_good >= 0, num_test_defective >= 0; got {num_train}, "
                          f"{num_test_good}, {num_test_defective}")
     params = {"seed": int(seed), "image_size": int(image_size), "num_train": int(num_train),
               "num_test_good": int(num_test_good), "num_test_defective": int(num_test_defective),

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anomaly_diff.diffusion.schedule import NoiseSchedule
+from anomaly_diff.errors import ConfigError
 
 MaskLayout = Literal["interleaved", "random"]
 InpaintInit = Literal["context", "noise", "noised_input"]
@@ -71,8 +72,8 @@ def disjoint_mask_sets(
     Args:
         height: Image height H in pixels.
         width: Image width W in pixels.
-        num_sets: The number of sets ``n_s``.
-        patch_size: Side of the squares in pixels.
+        num_sets: The number of sets ``n_s``, at least 1 (``InpaintingConfig`` checks it, naming its key).
+        patch_size: Side of the squares in pixels, at least 1 (checked there too).
         layout: ``"interleaved"`` (the lattice of the module docstring) or ``"random"``.
         generator: Random generator of the ``"random"`` layout; ``None`` uses torch's global one.
 
@@ -80,13 +81,9 @@ def disjoint_mask_sets(
         ``(n_s, 1, H, W)`` float32, 1 where the set hides the pixel; the sum over sets is 1 everywhere.
 
     Raises:
-        ValueError: A size is below 1, ``layout`` is unknown, or a set would be empty (more sets than squares).
+        ValueError: ``layout`` is unknown.
+        ConfigError: A set would be empty (more sets than squares).
     """
-    if min(height, width, num_sets, patch_size) < 1:
-        raise ValueError(
-            f"mask sets need height, width, num_sets and patch_size >= 1, got {height}, {width}, {num_sets}, "
-            f"{patch_size}"
-        )
     rows, cols = math.ceil(height / patch_size), math.ceil(width / patch_size)
     if layout == "interleaved":
         step = max(1, round(math.sqrt(num_sets)))
@@ -98,7 +95,7 @@ def disjoint_mask_sets(
     masks = (assignment[None] == torch.arange(num_sets)[:, None, None]).float()
     empty = (masks.flatten(1).sum(1) == 0).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(
+        raise ConfigError(
             f"num_sets={num_sets} leaves sets {empty} empty: a {height}x{width} image has only {rows * cols} "
             f"squares of side patch_size={patch_size}; use fewer sets or smaller squares"
         )
@@ -120,7 +117,7 @@ def select_timesteps(start: int, count: int) -> list[int]:
         ValueError: ``count < 1`` or ``count > start``.
     """
     if not 1 <= count <= start:
-        raise ValueError(f"n_t={count} timesteps need 1 <= n_t <= t_start={start} (distinct integer timesteps)")
+        raise ConfigError(f"n_t={count} timesteps need 1 <= n_t <= t_start={start} (distinct integer timesteps)")
     return [round(start * k / count) for k in range(count, 0, -1)]
 
 
@@ -196,9 +193,9 @@ def repaint(
     if steps[-1] < 0 or steps[0] >= schedule.num_timesteps:
         raise ValueError(f"timesteps {steps} must lie in [0, {schedule.num_timesteps}) for this schedule")
     if init not in INPAINT_INITS:
-        raise ValueError(f"unknown inpainting init {init!r}: use one of {list(INPAINT_INITS)}")
+        raise ConfigError(f"unknown inpainting init {init!r}: use one of {list(INPAINT_INITS)}")
     if resample < 1:
-        raise ValueError(f"resample={resample} must be >= 1 (1 = no resampling)")
+        raise ConfigError(f"resample={resample} must be >= 1 (1 = no resampling)")
 
     def alpha_bar(step: int | None) -> Tensor:
         if step is None:  # after the last timestep: the clean image

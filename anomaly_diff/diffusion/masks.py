@@ -12,6 +12,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from anomaly_diff.errors import ConfigError
+
 
 def check_patch_sizes(sizes: Sequence[int], probs: Sequence[float], height: int, width: int) -> None:
     """Validate a patch-size distribution against a latent grid.
@@ -27,14 +29,14 @@ def check_patch_sizes(sizes: Sequence[int], probs: Sequence[float], height: int,
             divide the latent grid.
     """
     if len(sizes) != len(probs) or not sizes:
-        raise ValueError(
+        raise ConfigError(
             f"patch_sizes {list(sizes)} and patch_size_probs {list(probs)} must be non-empty and equally long"
         )
     if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-        raise ValueError(f"patch_size_probs {list(probs)} must be non-negative and sum to 1 (sum = {sum(probs)})")
+        raise ConfigError(f"patch_size_probs {list(probs)} must be non-negative and sum to 1 (sum = {sum(probs)})")
     bad = [s for s in sizes if s < 1 or height % s or width % s]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"patch_sizes {bad} do not divide the {height}x{width} latent grid; use sizes that divide both sides "
             f"(latent = image size / 8)"
         )

@@ -6,6 +6,8 @@ import torch
 from diffusers import DDIMScheduler
 from torch import Tensor, nn
 
+from anomaly_diff.errors import ConfigError
+
 
 class NoiseSchedule(nn.Module):
     """Cumulative products ``a_t = prod_{s<=t} (1 - beta_s)`` of a diffusers noise schedule.
@@ -30,7 +32,7 @@ class NoiseSchedule(nn.Module):
     def __init__(self, num_train_timesteps: int = 10, beta_schedule: str = "squaredcos_cap_v2") -> None:
         super().__init__()
         if num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+            raise ConfigError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
         scheduler = DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
 
@@ -90,7 +92,7 @@ def respaced_timesteps(num_timesteps: int, count: int) -> list[int]:
         kept = range(0, num_timesteps, stride)
         if len(kept) == count:
             return list(reversed(kept))
-    raise ValueError(
+    raise ConfigError(
         f"reverse_steps={count}: no integer stride gives exactly {count} of {num_timesteps} timesteps "
         f"(the reference's 'ddim{count}' respacing); choose another count or give the timesteps explicitly"
     )
@@ -105,7 +107,7 @@ def check_chain(timesteps: Sequence[int], num_timesteps: int) -> list[int]:
     chain = [int(t) for t in timesteps]
     decreasing = all(a > b for a, b in zip(chain, chain[1:], strict=False))
     if not chain or not decreasing or chain[0] >= num_timesteps or chain[-1] < 0:
-        raise ValueError(
+        raise ConfigError(
             f"timesteps={chain} must be strictly decreasing timesteps in [0, {num_timesteps}), e.g. [8, 6, 4, 2, 0]"
         )
     return chain
@@ -118,7 +120,7 @@ def resolve_chain(num_timesteps: int, reverse_steps: int | None, timesteps: Sequ
         ValueError: Both or neither are given, or the one given is invalid.
     """
     if (reverse_steps is None) == (timesteps is None):
-        raise ValueError(
+        raise ConfigError(
             f"give exactly one of reverse_steps (the reference's knob, e.g. 5 -> [8, 6, 4, 2, 0]) and timesteps "
             f"(explicit, e.g. [8, 6, 4, 2, 0]); got reverse_steps={reverse_steps}, timesteps={timesteps}"
         )

@@ -26,7 +26,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
-from anomaly_diff.errors import InvalidSampleError
+from anomaly_diff.errors import ConfigError, InvalidSampleError
 from anomaly_diff.metrics.aupro import AUPROAccumulator
 from anomaly_diff.metrics.auroc import AUROCAccumulator
 from anomaly_diff.metrics.average_precision import AveragePrecisionAccumulator
@@ -105,14 +105,14 @@ class AnomalyMetrics(Metric):
     ) -> None:
         super().__init__(**kwargs)
         if num_bins is not None and num_bins < 2:
-            raise ValueError(f"num_bins must be None (exact) or >= 2, got {num_bins}")
+            raise ConfigError(f"num_bins must be None (exact) or >= 2, got {num_bins}")
         low, high = score_range
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"score_range must be finite (low, high) with low < high, got {score_range}")
+            raise ConfigError(f"score_range must be finite (low, high) with low < high, got {score_range}")
         if not 0.0 < aupro_fpr_limit <= 1.0:
-            raise ValueError(f"aupro_fpr_limit must be in (0, 1], got {aupro_fpr_limit}")
+            raise ConfigError(f"aupro_fpr_limit must be in (0, 1], got {aupro_fpr_limit}")
         if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
         self.num_bins = num_bins
         self.score_range = (float(low), float(high))
         self.aupro_fpr_limit = aupro_fpr_limit

@@ -7,6 +7,7 @@ linearly at the limit, and divided by the limit. The FPR axis is not rescaled by
 inflated figures). torchmetrics has no region metric, hence this accumulator.
 """
 
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.metrics.curve import CurvePoints
 
 
@@ -21,7 +22,7 @@ class AUPROAccumulator:
 
     def __init__(self, num_negatives: int, num_regions: int, fpr_limit: float = 0.3) -> None:
         if not 0.0 < fpr_limit <= 1.0:
-            raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+            raise ConfigError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
         self.num_negatives = num_negatives
         self.num_regions = num_regions
         self.fpr_limit = fpr_limit

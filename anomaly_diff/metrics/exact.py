@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.metrics.curve import ThresholdCounts
 
 _LOW_BITS = 12  # key bits below the coarse histogram; one coarse bin holds 2**12 distinct float32 values
@@ -69,7 +70,7 @@ def exact_threshold_counts(
         :class:`ThresholdCounts` of consecutive distinct scores, in decreasing order over all chunks.
     """
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     if keys.numel() <= chunk_size:
         yield _sorted_counts(keys, codes, overlap_weights)
         return

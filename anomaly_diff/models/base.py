@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from anomaly_diff.data.batch import Batch, Prediction, ValidationConsumer
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
-from anomaly_diff.errors import NonFiniteLossError, NotFittedError, UnknownCategoryError
+from anomaly_diff.errors import ConfigError, NonFiniteLossError, NotFittedError, UnknownCategoryError
 from anomaly_diff.models.components.category_classifier import CategoryClassifier
 from anomaly_diff.models.components.lr_schedulers import WarmupCosineLR
 
@@ -77,14 +77,14 @@ class AnomalyModule(LightningModule):
     ) -> None:
         super().__init__()
         if not categories:
-            raise ValueError(
+            raise ConfigError(
                 f"model categories are {categories!r}: give `model.init_args.categories` (the category names the "
                 "model is trained on), or run through the anomaly-diff CLI, which fills them from the data"
             )
         if len(set(categories)) != len(categories):
-            raise ValueError(f"`categories` has duplicate names: {list(categories)}")
+            raise ConfigError(f"`categories` has duplicate names: {list(categories)}")
         if category_source not in CATEGORY_SOURCES:
-            raise ValueError(f"model.category_source must be one of {list(CATEGORY_SOURCES)}, got {category_source!r}")
+            raise ConfigError(f"model.category_source must be one of {list(CATEGORY_SOURCES)}, got {category_source!r}")
         self.categories = list(categories)
         self.optimizer = optimizer
         self.scheduler = scheduler

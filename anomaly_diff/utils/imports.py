@@ -3,7 +3,7 @@
 import importlib
 import importlib.util
 
-from anomaly_diff.errors import UserError
+from anomaly_diff.errors import ConfigError, UserError
 
 
 def import_class(class_path: str) -> type:
@@ -16,7 +16,7 @@ def import_class(class_path: str) -> type:
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"cannot import the model class {class_path!r} ({error})") from error
+        raise ConfigError(f"cannot import the model class {class_path!r} ({error})") from error
 
 
 class MissingExtraError(UserError, ImportError):

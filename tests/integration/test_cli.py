@@ -15,6 +15,7 @@ from anomaly_diff import cli
 from anomaly_diff.cli import main
 from anomaly_diff.data import MVTecAD
 from anomaly_diff.errors import ConfigError
+from anomaly_diff.models import base as models_base
 from anomaly_diff.models.autoencoder import Autoencoder
 from tests.helpers.runs import run_dirs
 
@@ -168,6 +169,25 @@ def test_only_user_errors_end_with_one_line(tiny_config, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "anomaly-diff: error: ConfigError: --ckpt_path x is refused; give another"
     )
+
+
+def test_a_constructors_internal_value_error_keeps_its_traceback(tiny_config, monkeypatch, capsys):
+    # only a UserError is shown as one line: a bug's ValueError inside a constructor (here the model's) is not
+    # turned into a ConfigError, so its traceback leads to the bug
+    monkeypatch.delenv("ANOMALY_DIFF_TRACEBACK", raising=False)
+
+    def broken(num_classes):
+        raise ValueError("an internal invariant failed")
+
+    monkeypatch.setattr(models_base, "CategoryClassifier", broken)
+    with pytest.raises(ValueError) as error_info:
+        main(["fit", "--config", str(tiny_config)])
+    chain = [error_info.value]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    assert not any(isinstance(error, ConfigError) for error in chain)
+    assert str(chain[-1]) == "an internal invariant failed"
+    assert "anomaly-diff: error:" not in capsys.readouterr().err
 
 
 def test_reuse_latest_without_a_run_folder_logger_is_refused_with_one_line(tmp_path, tiny_config, capsys):

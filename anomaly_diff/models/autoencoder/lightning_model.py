@@ -11,11 +11,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.loggers import run_directory
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import gaussian_blur, image_score
 from anomaly_diff.models.components.backbone import DEFAULT_WEIGHTS
 from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
+from anomaly_diff.utils.checks import check_norm_groups
 from anomaly_diff.utils.io import atomic_write_dir
 
 
@@ -79,17 +81,15 @@ class Autoencoder(AnomalyModule):
     ) -> None:
         super().__init__(categories, optimizer, scheduler)
         if kl_weight < 0:
-            raise ValueError(f"model.kl_weight must be >= 0, got {kl_weight}")
+            raise ConfigError(f"model.kl_weight must be >= 0, got {kl_weight}")
         if blur_sigma < 0:
-            raise ValueError(f"model.blur_sigma must be >= 0, got {blur_sigma}")
-        bad = [c for c in block_out_channels if c % norm_num_groups]
-        if bad:
-            raise ValueError(f"model.norm_num_groups={norm_num_groups} must divide every block_out_channels, not {bad}")
+            raise ConfigError(f"model.blur_sigma must be >= 0, got {blur_sigma}")
+        check_norm_groups("model.norm_num_groups", norm_num_groups, block_out_channels, "block_out_channels")
         downsampling = 2 ** (len(block_out_channels) - 1)
         if train_crop_size is not None and (train_crop_size <= 0 or train_crop_size % downsampling):
-            raise ValueError(f"model.train_crop_size={train_crop_size} must be a positive multiple of {downsampling}")
+            raise ConfigError(f"model.train_crop_size={train_crop_size} must be a positive multiple of {downsampling}")
         if encoder == "kl" and latent_channels is None:
-            raise ValueError("model.latent_channels must be set for encoder 'kl' (null is for 'pretrained' only)")
+            raise ConfigError("model.latent_channels must be set for encoder 'kl' (null is for 'pretrained' only)")
         self.save_hyperparameters()
         depth = len(block_out_channels)
         if encoder == "pretrained":

@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from anomaly_diff.errors import ConfigError
+
 Fusion = Literal["geometric", "arithmetic"]
 Boundary = Literal["reflect", "mirror"]
 
@@ -96,7 +98,7 @@ def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
         ValueError: ``sigma`` is negative.
     """
     if sigma < 0:
-        raise ValueError(f"Gaussian blur sigma must be >= 0, got {sigma}")
+        raise ConfigError(f"Gaussian blur sigma must be >= 0, got {sigma}")
     if sigma == 0:
         return maps
     rows, cols = (_blur_matrix(length, sigma, truncate, "reflect") for length in maps.shape[-2:])
@@ -106,7 +108,7 @@ def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
 def clip_and_scale(maps: Tensor, clip: float, scale: float) -> Tensor:
     """Clamp discrepancies to ``[0, clip]`` and multiply by ``scale`` (``clip * scale = 1`` gives ``[0, 1]``)."""
     if clip <= 0:
-        raise ValueError(f"clip must be > 0, got {clip}")
+        raise ConfigError(f"clip must be > 0, got {clip}")
     return maps.clamp(0.0, clip) * scale
 
 
@@ -139,7 +141,7 @@ def fuse_maps(first: Tensor, second: Tensor, mode: Fusion = "geometric") -> Tens
         return (first * second).clamp_min(0.0).sqrt()
     if mode == "arithmetic":
         return 0.5 * (first + second)
-    raise ValueError(f"unknown fusion {mode!r}: use 'geometric' or 'arithmetic'")
+    raise ConfigError(f"unknown fusion {mode!r}: use 'geometric' or 'arithmetic'")
 
 
 def image_score(maps: Tensor, top_k: int = 1) -> Tensor:
@@ -153,11 +155,12 @@ def image_score(maps: Tensor, top_k: int = 1) -> Tensor:
         ``(B,)`` scores.
 
     Raises:
-        ValueError: ``top_k`` is out of range.
+        ConfigError: ``top_k`` is out of range (the one check of every model's ``top_k``: only here is the
+            number of pixels known).
     """
     flat = maps.flatten(1)
     if not 1 <= top_k <= flat.shape[1]:
-        raise ValueError(f"top_k={top_k} must lie in [1, {flat.shape[1]}] (pixels per map)")
+        raise ConfigError(f"top_k={top_k} must lie in [1, {flat.shape[1]}] (pixels per map)")
     if top_k == 1:
         return flat.amax(dim=1)
     return torch.topk(flat, top_k, dim=1).values.mean(dim=1)

@@ -211,11 +211,11 @@ class FeatureExtractor(nn.Module):
         model = create_pretrained_model(model_name, weights)
         info = model.feature_info
         if not layers or layers[0] < 0 or layers[-1] >= len(info) or len(set(layers)) != len(layers):
-            raise ValueError(f"backbone layers {layers} must be distinct indices in [0, {len(info)}) for {model_name}")
+            raise ConfigError(f"backbone layers {layers} must be distinct indices in [0, {len(info)}) for {model_name}")
         if output_stride is None and len(layers) != 1:
-            raise ValueError(f"backbone output_stride=None keeps one stage's own grid; give one layer, not {layers}")
+            raise ConfigError(f"backbone output_stride=None keeps one stage's own grid; give one layer, not {layers}")
         if output_stride is not None and output_stride < 1:
-            raise ValueError(f"backbone output_stride must be >= 1, got {output_stride}")
+            raise ConfigError(f"backbone output_stride must be >= 1, got {output_stride}")
         model.prune_intermediate_layers(layers, prune_head=True)
         self.model = model.requires_grad_(False).eval()
         self.layers = list(layers)
@@ -248,7 +248,7 @@ class FeatureExtractor(nn.Module):
         height, width = image.shape[-2:]
         stride = self.output_stride
         if stride is not None and (height % stride or width % stride):
-            raise ValueError(f"image size {height}x{width} is not divisible by the backbone output_stride={stride}")
+            raise ConfigError(f"image size {height}x{width} is not divisible by the backbone output_stride={stride}")
         stages = self.model.forward_intermediates(
             (image - self.mean) / self.std, indices=self.layers, stop_early=True, intermediates_only=True
         )

@@ -22,6 +22,7 @@ from diffusers.models.autoencoders.vae import Decoder
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.components.backbone import FeatureExtractor
 
 
@@ -64,7 +65,7 @@ class FeatureAutoencoder(ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         if 2 ** (len(block_out_channels) - 1) != downsampling:
-            raise ValueError(f"block_out_channels {tuple(block_out_channels)} upsample by "
+            raise ConfigError(f"block_out_channels {tuple(block_out_channels)} upsample by "
                              f"{2 ** (len(block_out_channels) - 1)}, but downsampling is {downsampling}: give "
                              f"{int(math.log2(downsampling)) + 1} entries")
         # Architecture only: the pretrained weights come from load_backbone_weights (training) or from the saved

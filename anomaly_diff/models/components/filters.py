@@ -9,6 +9,8 @@ high-pass everywhere.
 import torch.nn.functional as F
 from torch import Tensor
 
+from anomaly_diff.errors import ConfigError
+
 
 def mean_filter(maps: Tensor, size: int) -> Tensor:
     """Average every pixel over the ``size x size`` window around it (reflection-padded border).
@@ -27,13 +29,13 @@ def mean_filter(maps: Tensor, size: int) -> Tensor:
             (reflection needs it).
     """
     if size < 1:
-        raise ValueError(f"mean filter size must be >= 1, got {size}")
+        raise ConfigError(f"mean filter size must be >= 1, got {size}")
     if size == 1:
         return maps
     before, after = size // 2, (size - 1) // 2
     height, width = maps.shape[-2:]
     if before >= min(height, width):
-        raise ValueError(f"mean filter size {size} is too large for {height}x{width} maps (needs size // 2 < side)")
+        raise ConfigError(f"mean filter size {size} is too large for {height}x{width} maps (needs size // 2 < side)")
     padded = F.pad(maps, (before, after, before, after), mode="reflect")
     return F.avg_pool2d(padded, kernel_size=size, stride=1)
 

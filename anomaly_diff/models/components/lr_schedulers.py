@@ -14,6 +14,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from anomaly_diff.errors import ConfigError
+
 
 class WarmupCosineLR(LambdaLR):
     """Linear warm-up, then cosine decay, in optimiser steps.
@@ -50,9 +52,9 @@ class WarmupCosineLR(LambdaLR):
         last_epoch: int = -1,
     ) -> None:
         if not 0 <= warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
+            raise ConfigError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction}")
         if cosine_length <= 0:
-            raise ValueError(f"cosine_length must be > 0 (a multiple of the run), got {cosine_length}")
+            raise ConfigError(f"cosine_length must be > 0 (a multiple of the run), got {cosine_length}")
         self.warmup_fraction = warmup_fraction
         self.cosine_length = cosine_length
         self.total_steps = None
@@ -64,11 +66,11 @@ class WarmupCosineLR(LambdaLR):
         """Set the run's number of optimiser steps.
 
         Raises:
-            ValueError: ``total_steps`` is not a positive finite number (e.g. a run without ``max_epochs`` or
+            ConfigError: ``total_steps`` is not a positive finite number (e.g. a run without ``max_epochs`` or
                 ``max_steps``).
         """
         if not math.isfinite(total_steps) or total_steps < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"WarmupCosineLR needs a finite number of training steps, got {total_steps}: set trainer.max_epochs "
                 "or trainer.max_steps, or give the scheduler's total_steps"
             )

@@ -13,6 +13,7 @@ from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.diffusion.deviation import corrupt, deviation_target
 from anomaly_diff.diffusion.masks import sample_patch_corruption
 from anomaly_diff.diffusion.schedule import resolve_chain
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.autoencoder import (
     LatentCodec,
@@ -22,6 +23,7 @@ from anomaly_diff.models.components.autoencoder import (
 from anomaly_diff.models.components.sample_cache import SampleCache
 from anomaly_diff.models.deco_diff.reference_checkpoint import load_reference_checkpoint
 from anomaly_diff.models.deco_diff.torch_model import AnomalyMapConfig, DeCoDiffModel, DeCoDiffOutput, UNetPreset
+from anomaly_diff.utils.checks import check_ema_decay
 from anomaly_diff.utils.provenance import loaded_file
 
 
@@ -102,9 +104,8 @@ class DeCoDiff(AnomalyModule):
         super().__init__(categories, optimizer, scheduler, category_source)
         for name, value in (("max_mask_ratio", max_mask_ratio), ("max_shuffle_ratio", max_shuffle_ratio)):
             if not 0 <= value <= 1:
-                raise ValueError(f"model.{name} must lie in [0, 1], got {value}")
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"model.ema_decay must lie in (0, 1) or be null, got {ema_decay}")
+                raise ConfigError(f"model.{name} must lie in [0, 1], got {value}")
+        check_ema_decay(ema_decay)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         if autoencoder_config is not None:  # from a DeCoDiff checkpoint: the architecture; weights from its state
             codec = LatentCodec(autoencoder_from_architecture(autoencoder_config))

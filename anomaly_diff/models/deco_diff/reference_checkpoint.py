@@ -28,7 +28,7 @@ import torch
 from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 from torch import Tensor
 
-from anomaly_diff.errors import MissingFileError
+from anomaly_diff.errors import ConfigError, MissingFileError
 from anomaly_diff.models.deco_diff.torch_model import DeCoDiffModel
 
 EMBEDDING_KEY = "cond_stage_model.embedding.weight"
@@ -71,14 +71,14 @@ def reference_class_rows(categories: Sequence[str], reference_classes: Sequence[
     if reference_classes is None:
         known = [order for order in REFERENCE_CLASS_ORDERS.values() if set(order) == set(categories)]
         if not known:
-            raise ValueError(
+            raise ConfigError(
                 f"reference_classes is needed: the categories {list(categories)} are neither MVTec AD's nor VisA's, so "
                 "the reference checkpoint's class order is unknown; give the category of each class-embedding row"
             )
         reference_classes = known[0]
     missing = [name for name in categories if name not in reference_classes]
     if missing:
-        raise ValueError(f"categories {missing} are not among reference_classes {list(reference_classes)}")
+        raise ConfigError(f"categories {missing} are not among reference_classes {list(reference_classes)}")
     return [list(reference_classes).index(name) for name in categories]
 
 
@@ -150,17 +150,17 @@ def _read(path: Path) -> Mapping:
         message = str(error)
         refused = re.search(r"GLOBAL (\S+)", message)
         if refused:
-            raise ValueError(
+            raise ConfigError(
                 f"reference checkpoint {path} holds {refused.group(1)}, which a weights-only load refuses; if you "
                 "trust the file, save its state dict alone with torch.save(torch.load(path, weights_only=False)"
                 "['state_dict' or 'model'], new_path) and give that"
             ) from None
         unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", message)  # the reason in torch's long message
-        raise ValueError(
+        raise ConfigError(
             f"reference checkpoint {path} is not a readable checkpoint ({unpickler.group(1) if unpickler else message})"
         ) from None
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"reference checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict")
+        raise ConfigError(f"reference checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict")
     for key in ("model", "state_dict"):
         if isinstance(checkpoint.get(key), Mapping):
             return checkpoint[key]
@@ -180,7 +180,7 @@ def _convert(
     }
     for key, value in reference.items():
         if not isinstance(value, Tensor):
-            raise ValueError(f"{source} is not a state dict: {key} holds a {type(value).__name__}, not a tensor")
+            raise ConfigError(f"{source} is not a state dict: {key} holds a {type(value).__name__}, not a tensor")
 
     # diffusers' converter drops the keys it does not know, and copies the tensors it maps without touching them:
     # a tensor's identity tells which file key each renamed key came from.
@@ -196,14 +196,14 @@ def _convert(
     for key in reference:
         if model_key.get(key) not in target:
             counterpart = f" ({model_key[key]})" if key in model_key else ""
-            raise ValueError(
+            raise ConfigError(
                 f"{source} does not fit the model: its {key}{counterpart} has no counterpart in the model; "
                 "give a checkpoint of the model's UNet layout"
             )
     file_key = {model_key[key]: key for key in reference}
     for key in target:
         if key not in file_key:
-            raise ValueError(
+            raise ConfigError(
                 f"{source} does not fit the model: the model's {key} has no counterpart in the file; "
                 "give a checkpoint of the model's UNet layout"
             )
@@ -212,7 +212,7 @@ def _convert(
     embedding, num_classes = converted["class_embedding.weight"], model.class_embedding.num_embeddings
     rows = list(range(num_classes)) if class_rows is None else list(class_rows)
     if embedding.ndim == 2 and (len(rows) != num_classes or max(rows) >= len(embedding)):
-        raise ValueError(
+        raise ConfigError(
             f"{source} does not fit the model: its {EMBEDDING_KEY} has {len(embedding)} classes but the model "
             f"has {num_classes} (rows {rows} wanted)"
         )
@@ -220,7 +220,7 @@ def _convert(
         converted["class_embedding.weight"] = embedding[rows]
     for key, shape in target.items():
         if converted[key].shape != shape:
-            raise ValueError(
+            raise ConfigError(
                 f"{source} does not fit the model: {file_key[key]} ({key}) has shape {tuple(converted[key].shape)} "
                 f"in the file vs {tuple(shape)} in the model; give a checkpoint of the model's UNet size"
             )

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from anomaly_diff.diffusion.deviation import correct_deviations
 from anomaly_diff.diffusion.schedule import NoiseSchedule, check_chain
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.components.anomaly_map import (
     Fusion,
     clip_and_scale,
@@ -25,6 +26,7 @@ from anomaly_diff.models.components.anomaly_map import (
     image_score,
     resize_maps,
 )
+from anomaly_diff.utils.checks import check_norm_groups
 from anomaly_diff.utils.settings import as_settings
 
 
@@ -87,7 +89,7 @@ def resolve_preset(unet: str | UNetPreset) -> UNetPreset:
     if isinstance(unet, UNetPreset):
         return unet
     if unet not in UNET_PRESETS:
-        raise ValueError(f"unknown UNet preset {unet!r}: choose one of {sorted(UNET_PRESETS)} or give a UNetPreset")
+        raise ConfigError(f"unknown UNet preset {unet!r}: choose one of {sorted(UNET_PRESETS)} or give a UNetPreset")
     return UNET_PRESETS[unet]
 
 
@@ -98,17 +100,13 @@ def build_unet(preset: UNetPreset, latent_channels: int = 4) -> UNet2DConditionM
         ValueError: The preset's lists differ in length, or ``norm_num_groups`` does not divide the channels.
     """
     if len(preset.attention) != len(preset.channel_mult):
-        raise ValueError(
+        raise ConfigError(
             f"UNetPreset.attention {preset.attention} needs one entry per channel_mult level {preset.channel_mult}"
         )
     channels = [preset.base_channels * m for m in preset.channel_mult]
-    bad = [c for c in channels if c % preset.norm_num_groups]
-    if bad:
-        raise ValueError(
-            f"UNetPreset norm_num_groups={preset.norm_num_groups} must divide every level's channels, not {bad}"
-        )
+    check_norm_groups("UNetPreset norm_num_groups", preset.norm_num_groups, channels, "level's channels")
     if not 1 <= preset.num_heads <= preset.base_channels:
-        raise ValueError(f"UNetPreset num_heads={preset.num_heads} must lie in [1, base_channels]")
+        raise ConfigError(f"UNetPreset num_heads={preset.num_heads} must lie in [1, base_channels]")
     head_width = preset.base_channels // preset.num_heads
     down = [("CrossAttnDownBlock2D" if a else "DownBlock2D") for a in preset.attention]
     up = [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(preset.attention)]

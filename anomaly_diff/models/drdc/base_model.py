@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.components.anomaly_map import gaussian_blur, resize_maps
 from anomaly_diff.models.components.backbone import FeatureExtractor
 
@@ -46,14 +47,14 @@ def neighbourhood_mask(height: int, width: int, size: int, device: torch.device 
         ValueError: ``size`` is negative or even, or it hides every position (no token left to attend to).
     """
     if size < 0 or (size and size % 2 == 0):
-        raise ValueError(f"neighbourhood size must be 0 (no mask) or odd, got {size}")
+        raise ConfigError(f"neighbourhood size must be 0 (no mask) or odd, got {size}")
     rows = torch.arange(height, device=device).repeat_interleave(width)
     cols = torch.arange(width, device=device).repeat(height)
     radius = size // 2
     hidden = ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
     hidden &= size > 0
     if hidden.all(dim=1).any():
-        raise ValueError(
+        raise ConfigError(
             f"a {size}x{size} neighbourhood hides every token of the {height}x{width} grid; use a smaller "
             "neighbourhood or a larger input_size"
         )
@@ -118,16 +119,16 @@ class BaseReconstructor(nn.Module):
     ) -> None:
         super().__init__()
         if blur_sigma < 0:
-            raise ValueError(f"base blur_sigma must be >= 0, got {blur_sigma}")
+            raise ConfigError(f"base blur_sigma must be >= 0, got {blur_sigma}")
         if input_size % extractor.output_stride:
-            raise ValueError(
+            raise ConfigError(
                 f"base input_size={input_size} must be divisible by the backbone "
                 f"output_stride={extractor.output_stride}"
             )
         if hidden_dim % 4 or hidden_dim % num_heads:
-            raise ValueError(f"base hidden_dim={hidden_dim} must be divisible by 4 and by num_heads={num_heads}")
+            raise ConfigError(f"base hidden_dim={hidden_dim} must be divisible by 4 and by num_heads={num_heads}")
         if jitter_scale < 0 or not 0 <= jitter_prob <= 1:
-            raise ValueError(f"jitter_scale={jitter_scale} must be >= 0 and jitter_prob={jitter_prob} in [0, 1]")
+            raise ConfigError(f"jitter_scale={jitter_scale} must be >= 0 and jitter_prob={jitter_prob} in [0, 1]")
         self.extractor = extractor
         self.input_size = input_size
         self.grid = input_size // extractor.output_stride

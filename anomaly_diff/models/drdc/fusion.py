@@ -19,6 +19,8 @@ from typing import Literal
 
 from torch import Tensor
 
+from anomaly_diff.errors import ConfigError
+
 TemporalFusion = Literal["mean", "last"]
 FusionMode = Literal["multiplicative", "additive", "base", "refinement"]
 FUSION_MODES = ("multiplicative", "additive", "base", "refinement")
@@ -33,10 +35,11 @@ class FusionConfig:
         gamma: Weight of the refinement.
         mode: ``"multiplicative"`` ``B * (1 + gamma * R)``, ``"additive"`` ``B + gamma * R``, or one part alone:
             ``"base"`` (the refinement is not run) or ``"refinement"``.
-        top_k: Pixels of the map averaged into the image score (1 = maximum).
+        top_k: Pixels of the map averaged into the image score (1 = maximum; checked where the score is taken,
+            :func:`~anomaly_diff.models.components.anomaly_map.image_score`).
 
     Raises:
-        ValueError: A value is out of range or unknown.
+        ConfigError: A value is out of range or unknown.
     """
 
     temporal: TemporalFusion = "mean"
@@ -46,11 +49,11 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         if self.temporal not in ("mean", "last"):
-            raise ValueError(f"fusion.temporal={self.temporal!r} is unknown: use 'mean' or 'last'")
+            raise ConfigError(f"fusion.temporal={self.temporal!r} is unknown: use 'mean' or 'last'")
         if self.mode not in FUSION_MODES:
-            raise ValueError(f"fusion.mode={self.mode!r} is unknown: use one of {list(FUSION_MODES)}")
-        if self.gamma < 0 or self.top_k < 1:
-            raise ValueError(f"fusion.gamma must be >= 0 ({self.gamma}) and fusion.top_k >= 1 ({self.top_k})")
+            raise ConfigError(f"fusion.mode={self.mode!r} is unknown: use one of {list(FUSION_MODES)}")
+        if self.gamma < 0:
+            raise ConfigError(f"fusion.gamma must be >= 0, got {self.gamma}")
 
 
 def aggregate_refinement(heatmaps: Tensor, temporal: TemporalFusion = "mean") -> Tensor:
@@ -71,7 +74,7 @@ def aggregate_refinement(heatmaps: Tensor, temporal: TemporalFusion = "mean") ->
     if temporal == "last":
         heatmaps = heatmaps[:, :, -1:]
     elif temporal != "mean":
-        raise ValueError(f"unknown temporal fusion {temporal!r}: use 'mean' or 'last'")
+        raise ConfigError(f"unknown temporal fusion {temporal!r}: use 'mean' or 'last'")
     return heatmaps.mean(dim=(1, 2, 3))
 
 
@@ -81,7 +84,7 @@ def fuse(base: Tensor, refinement: Tensor, gamma: float, mode: FusionMode = "mul
     Args:
         base: ``(B, H, W)`` non-negative base heatmap at the image resolution.
         refinement: ``(B, H, W)`` non-negative refinement map.
-        gamma: Weight of the refinement, ``>= 0``.
+        gamma: Weight of the refinement, ``>= 0`` (:class:`FusionConfig` checks it).
         mode: ``"multiplicative"``: ``base * (1 + gamma * refinement)``; ``"additive"``: ``base + gamma * refinement``;
             ``"base"`` or ``"refinement"``: that map alone.
 
@@ -89,10 +92,8 @@ def fuse(base: Tensor, refinement: Tensor, gamma: float, mode: FusionMode = "mul
         ``(B, H, W)`` fused anomaly map.
 
     Raises:
-        ValueError: ``gamma`` is negative, the shapes differ, or ``mode`` is unknown.
+        ValueError: The shapes differ, or ``mode`` is unknown.
     """
-    if gamma < 0:
-        raise ValueError(f"fusion gamma must be >= 0, got {gamma}")
     if base.shape != refinement.shape:
         raise ValueError(f"base {tuple(base.shape)} and refinement {tuple(refinement.shape)} maps differ in shape")
     if mode == "multiplicative":
@@ -103,4 +104,4 @@ def fuse(base: Tensor, refinement: Tensor, gamma: float, mode: FusionMode = "mul
         return base
     if mode == "refinement":
         return refinement
-    raise ValueError(f"unknown fusion mode {mode!r}: use one of {list(FUSION_MODES)}")
+    raise ConfigError(f"unknown fusion mode {mode!r}: use one of {list(FUSION_MODES)}")

@@ -74,8 +74,6 @@ class DRDCBase(AnomalyModule):
         scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__(categories, optimizer, scheduler, category_source)
-        if blur_sigma < 0 or top_k < 1:
-            raise ValueError(f"model.blur_sigma must be >= 0 ({blur_sigma}) and model.top_k >= 1 ({top_k})")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         extractor = FeatureExtractor(backbone, layers, output_stride, weights)
         self.model = BaseReconstructor(

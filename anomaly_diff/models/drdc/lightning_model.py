@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from anomaly_diff.data.batch import Batch, Prediction
-from anomaly_diff.errors import MissingFileError
+from anomaly_diff.errors import ConfigError, MissingFileError
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.drdc.fusion import FusionConfig
 from anomaly_diff.models.drdc.lightning_base import DRDCBase
@@ -112,13 +112,13 @@ class DRDC(AnomalyModule):
         else:  # from a DRDC checkpoint: the architectures only, the weights follow from its state dict
             base, refinement = DRDCBase(**stages["base"]), DRDCRefinement(**stages["refinement"])
         if base.categories != refinement.categories:
-            raise ValueError(
+            raise ConfigError(
                 f"model.base_checkpoint categories {base.categories} differ from model.refinement_checkpoint's "
                 f"{refinement.categories}; train both stages on the same data"
             )
         unknown = sorted(set(categories or []) - set(refinement.categories))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"model.categories {unknown} are not among the checkpoints' categories {refinement.categories}"
             )
         super().__init__(refinement.categories, optimizer, scheduler, category_source)

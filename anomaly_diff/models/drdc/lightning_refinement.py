@@ -9,10 +9,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import image_score
 from anomaly_diff.models.drdc.fusion import TemporalFusion, aggregate_refinement
 from anomaly_diff.models.drdc.torch_model import DiffusionRefiner, InpaintingConfig
+from anomaly_diff.utils.checks import check_ema_decay
 from anomaly_diff.utils.settings import as_settings
 
 
@@ -67,16 +69,13 @@ class DRDCRefinement(AnomalyModule):
     ) -> None:
         super().__init__(categories, optimizer, scheduler, category_source)
         if max_train_timestep is not None and not 0 <= max_train_timestep < num_train_timesteps:
-            raise ValueError(
+            raise ConfigError(
                 f"model.max_train_timestep={max_train_timestep} must lie in [0, num_train_timesteps="
                 f"{num_train_timesteps}) or be null"
             )
         if not 0 <= label_dropout < 1:
-            raise ValueError(f"model.label_dropout must lie in [0, 1), got {label_dropout}")
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"model.ema_decay must lie in (0, 1) or be null, got {ema_decay}")
-        if top_k < 1:
-            raise ValueError(f"model.top_k must be >= 1, got {top_k}")
+            raise ConfigError(f"model.label_dropout must lie in [0, 1), got {label_dropout}")
+        check_ema_decay(ema_decay)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.model = DiffusionRefiner(
             self.num_classes,

@@ -38,10 +38,12 @@ from anomaly_diff.diffusion.inpainting import (
     select_timesteps,
 )
 from anomaly_diff.diffusion.schedule import NoiseSchedule
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.components.anomaly_map import image_score, resize_maps
 from anomaly_diff.models.components.filters import high_pass, mean_filter
 from anomaly_diff.models.drdc.base_model import BaseReconstructor
 from anomaly_diff.models.drdc.fusion import FusionConfig, aggregate_refinement, fuse
+from anomaly_diff.utils.checks import check_norm_groups
 
 HeatmapMode = Literal["highpass", "residual"]
 
@@ -71,7 +73,7 @@ class InpaintingConfig:
         heatmap_mode: ``"residual"`` or ``"highpass"`` (:func:`correction_heatmaps`).
 
     Raises:
-        ValueError: A value is out of range (named with what would be right).
+        ConfigError: A value is out of range (named with what would be right).
     """
 
     num_timesteps: int = 5
@@ -93,19 +95,19 @@ class InpaintingConfig:
         object.__setattr__(self, "scales", tuple(self.scales))
         select_timesteps(self.start_timestep, self.num_timesteps)  # raises on an impossible sweep
         if self.num_sets < 1 or not self.patch_sizes or min(self.patch_sizes) < 1:
-            raise ValueError(f"inpainting.num_sets={self.num_sets} and patch_sizes={list(self.patch_sizes)} must be "
+            raise ConfigError(f"inpainting.num_sets={self.num_sets} and patch_sizes={list(self.patch_sizes)} must be "
                              ">= 1 and non-empty (n_s disjoint mask sets of squares of those sides)")
         if self.init not in INPAINT_INITS:
-            raise ValueError(f"inpainting.init={self.init!r} is unknown: use one of {list(INPAINT_INITS)}")
+            raise ConfigError(f"inpainting.init={self.init!r} is unknown: use one of {list(INPAINT_INITS)}")
         if self.mask_layout not in ("interleaved", "random"):
-            raise ValueError(f"inpainting.mask_layout={self.mask_layout!r} is unknown: use 'interleaved' or 'random'")
+            raise ConfigError(f"inpainting.mask_layout={self.mask_layout!r} is unknown: use 'interleaved' or 'random'")
         if self.resample < 1 or self.guidance_scale < 0 or self.filter_size < 1:
-            raise ValueError(f"inpainting.resample={self.resample} and filter_size={self.filter_size} must be >= 1, "
+            raise ConfigError(f"inpainting.resample={self.resample} and filter_size={self.filter_size} must be >= 1, "
                              f"guidance_scale={self.guidance_scale} >= 0")
         if not self.scales or min(self.scales) < 1:
-            raise ValueError(f"inpainting.scales={list(self.scales)} must be non-empty down-sampling factors >= 1")
+            raise ConfigError(f"inpainting.scales={list(self.scales)} must be non-empty down-sampling factors >= 1")
         if self.heatmap_mode not in ("highpass", "residual"):
-            raise ValueError(f"inpainting.heatmap_mode={self.heatmap_mode!r} is unknown: use 'residual' or 'highpass'")
+            raise ConfigError(f"inpainting.heatmap_mode={self.heatmap_mode!r} is unknown: use 'residual' or 'highpass'")
 
     @property
     def timesteps(self) -> list[int]:
@@ -133,13 +135,13 @@ def correction_heatmaps(
         ValueError: Unknown ``mode``, or a scale that does not divide the image.
     """
     if mode not in ("highpass", "residual"):
-        raise ValueError(f"unknown correction heatmap mode {mode!r}: use 'highpass' or 'residual'")
+        raise ConfigError(f"unknown correction heatmap mode {mode!r}: use 'highpass' or 'residual'")
     height, width = image.shape[-2:]
     residual = image - inpainted
     maps = []
     for scale in scales:
         if scale < 1 or height % scale or width % scale:
-            raise ValueError(f"heatmap scale {scale} must be >= 1 and divide the {height}x{width} image")
+            raise ConfigError(f"heatmap scale {scale} must be >= 1 and divide the {height}x{width} image")
         scaled = F.avg_pool2d(residual, scale) if scale > 1 else residual
         detail = high_pass(scaled, filter_size) if mode == "highpass" else scaled
         energy = mean_filter(detail.abs().mean(dim=1, keepdim=True), filter_size)
@@ -186,9 +188,7 @@ class DiffusionRefiner(nn.Module):
         inpainting: InpaintingConfig | None = None,
     ) -> None:
         super().__init__()
-        bad = [c for c in block_out_channels if c % norm_num_groups]
-        if bad:
-            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every block_out_channels, not {bad}")
+        check_norm_groups("model.norm_num_groups", norm_num_groups, block_out_channels, "block_out_channels")
         depth = len(block_out_channels)
         down = ["DownBlock2D"] * depth
         up = ["UpBlock2D"] * depth
@@ -217,7 +217,7 @@ class DiffusionRefiner(nn.Module):
     @inpainting.setter
     def inpainting(self, config: InpaintingConfig) -> None:
         if not 0 <= config.start_timestep < self.schedule.num_timesteps:
-            raise ValueError(f"inpainting.start_timestep={config.start_timestep} must lie in [0, "
+            raise ConfigError(f"inpainting.start_timestep={config.start_timestep} must lie in [0, "
                              f"num_train_timesteps={self.schedule.num_timesteps})")
         self._inpainting = config
 

@@ -63,7 +63,7 @@ def test_difficulty_reaches_the_generator(tmp_path):
     assert sorted(p.name for p in (root / "grass" / "test").iterdir()) == ["deformation", "good", "patch",
                                                                            "scratch", "stain"]
     with pytest.raises(ValueError, match=r"difficulty must be one of \('hard', 'realistic'\), got 'easy'"):
-        Embedded(root=str(root), difficulty="easy")
+        Embedded(root=str(root), difficulty="easy").prepare_data()
 
 
 @pytest.mark.parametrize("config", ["configs/data/embedded.yaml", "configs/drdc/embedded_data.yaml"])

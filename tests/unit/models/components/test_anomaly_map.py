@@ -4,6 +4,7 @@ import torch
 from scipy import ndimage
 from skimage.transform import resize
 
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.models.components.anomaly_map import (
     clip_and_scale,
     fuse_maps,
@@ -76,7 +77,7 @@ def test_image_score_max_and_top_k_mean():
     torch.testing.assert_close(image_score(maps), torch.tensor([5.0, 4.0]))
     torch.testing.assert_close(image_score(maps, top_k=2), torch.tensor([4.0, 2.0]))
     torch.testing.assert_close(image_score(maps, top_k=4), torch.tensor([2.75, 1.0]))
-    with pytest.raises(ValueError, match=r"top_k=5 must lie in \[1, 4\]"):
+    with pytest.raises(ConfigError, match=r"top_k=5 must lie in \[1, 4\]"):
         image_score(maps, top_k=5)
 
 

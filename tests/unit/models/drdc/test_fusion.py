@@ -31,15 +31,13 @@ def test_multiplicative_fusion_keeps_the_base_ranking_where_the_refinement_is_fl
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: fuse(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), -1.0), "gamma must be >= 0"),
         (lambda: fuse(torch.zeros(1, 2, 2), torch.zeros(1, 3, 3), 1.0), r"\(1, 2, 2\) and refinement \(1, 3, 3\)"),
         (lambda: fuse(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), 1.0, "max"), "unknown fusion mode 'max'"),
         (lambda: aggregate_refinement(torch.zeros(1, 2, 2)), "must be \\(B, K, n_t, S, H, W\\)"),
         (lambda: aggregate_refinement(torch.zeros(1, 1, 1, 1, 2, 2), "first"), "unknown temporal fusion"),
         (lambda: FusionConfig(mode="max"), r"fusion.mode='max' is unknown.*'refinement'"),
         (lambda: FusionConfig(temporal="first"), "fusion.temporal='first' is unknown"),
-        (lambda: FusionConfig(gamma=-1.0), r"fusion.gamma must be >= 0 \(-1.0\)"),
-        (lambda: FusionConfig(top_k=0), r"fusion.top_k >= 1 \(0\)"),
+        (lambda: FusionConfig(gamma=-1.0), r"fusion.gamma must be >= 0, got -1.0"),
     ],
 )
 def test_errors_are_named(call, message):

@@ -91,7 +91,7 @@ def test_refinement_alone_maps_are_the_aggregated_correction_heatmaps():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"max_train_timestep": 1000}, "max_train_timestep=1000"), ({"label_dropout": 1.0}, "label_dropout"),
-     ({"ema_decay": 1.0}, "ema_decay"), ({"top_k": 0}, "top_k")],
+     ({"ema_decay": 1.0}, "ema_decay")],
 )
 def test_invalid_refinement_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
