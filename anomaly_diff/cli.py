@@ -51,11 +51,10 @@ from anomaly_diff.callbacks.predictions import PredictionWriter
 from anomaly_diff.callbacks.report import RunReport
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.errors import ConfigError, MissingFileError, UnknownConfigError, UserError
-from anomaly_diff.loggers import run_directory
 from anomaly_diff.utils.builtin_configs import CONFIG_DIR, builtin_configs, resolve_config_args
 from anomaly_diff.utils.imports import import_class
 from anomaly_diff.utils.io import check_output_dir
-from anomaly_diff.utils.runs import LATEST, config_changes, point_latest
+from anomaly_diff.utils.runs import LATEST, config_changes, point_latest, run_directory
 
 # ckpt_path values that Lightning resolves itself instead of reading a file.
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")

@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -99,26 +98,9 @@ class WandbLogger(LightningWandbLogger):
         return ""
 
 
-def run_directory(trainer: Trainer) -> Path:
-    """The run directory ``trainer.log_dir`` names, without its broadcast: safe in code that runs on one rank.
-
-    ``Trainer.log_dir`` broadcasts from rank zero, a collective call that every process must make; called only on
-    global rank zero under DDP (in ``SaveConfigCallback.save_config``, after ``if trainer.is_global_zero``) it
-    waits forever for the other ranks. This reads the same directory on the calling process: the first logger's
-    ``log_dir`` (CSV, TensorBoard) or ``save_dir`` (others), else ``trainer.default_root_dir``.
-    """
-    if not hasattr(trainer, "loggers"):  # a stand-in trainer (tests): its log_dir is a plain attribute
-        return Path(getattr(trainer, "log_dir", None) or trainer.default_root_dir)
-    if not trainer.loggers:
-        return Path(trainer.default_root_dir)
-    logger = trainer.loggers[0]
-    directory = logger.log_dir if isinstance(logger, (CSVLogger, TensorBoardLogger)) else logger.save_dir
-    return Path(directory if directory is not None else trainer.default_root_dir)
-
-
 def wandb_loggers(trainer: Trainer) -> list[LightningWandbLogger]:
     """The trainer's W&B loggers (any ``lightning.pytorch.loggers.WandbLogger``), in order; none without loggers."""
-    return [logger for logger in getattr(trainer, "loggers", ()) if isinstance(logger, LightningWandbLogger)]
+    return [logger for logger in trainer.loggers if isinstance(logger, LightningWandbLogger)]
 
 
 def log_resolved_config(trainer: Trainer) -> None:
@@ -128,7 +110,7 @@ def log_resolved_config(trainer: Trainer) -> None:
     trainer was built outside the CLI) nothing is logged. Only global rank zero logs (the loggers' own rule).
     """
     loggers = wandb_loggers(trainer)
-    saver = next((c for c in getattr(trainer, "callbacks", ()) if isinstance(c, SaveConfigCallback)), None)
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveConfigCallback)), None)
     if not loggers or saver is None:
         return
     config = yaml.safe_load(saver.parser.dump(saver.config, skip_none=False, skip_check=True))

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from anomaly_diff.callbacks.distributed import gather_objects
 from anomaly_diff.callbacks.evaluation import Evaluator
 from anomaly_diff.data.batch import Batch, Prediction
+from anomaly_diff.errors import ConfigError
 from anomaly_diff.metrics.tables import to_markdown
 from anomaly_diff.utils.io import atomic_write_text
 from anomaly_diff.utils.runs import run_directory
@@ -40,7 +41,7 @@ class RunReport(Callback):
 
     def __init__(self, examples: int = 2) -> None:
         if examples < 0:
-            raise ValueError(f"report.examples must be >= 0, got {examples}")
+            raise ConfigError(f"report.examples must be >= 0, got {examples}")
         self.examples = examples
         self._scores: dict[int, tuple[str, str, int, float]] = {}
         self._kept: dict[tuple[str, str], list] = defaultdict(list)

@@ -157,7 +157,7 @@ class AnomalyModule(LightningModule):
 
     def _category_training_batches(self) -> DataLoader | None:
         """The training normals in order, whole (every process fits the same means); ``None`` without datamodule."""
-        datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule = self.trainer.datamodule
         if datamodule is None:
             return None
         train = datamodule.train_dataloader()

@@ -12,13 +12,13 @@ from torch import Tensor
 
 from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.errors import ConfigError
-from anomaly_diff.loggers import run_directory
 from anomaly_diff.models.base import AnomalyModule, default_optimizer
 from anomaly_diff.models.components.anomaly_map import gaussian_blur, image_score
 from anomaly_diff.models.components.backbone import DEFAULT_WEIGHTS
 from anomaly_diff.models.components.feature_autoencoder import FeatureAutoencoder
 from anomaly_diff.utils.checks import check_norm_groups
 from anomaly_diff.utils.io import atomic_write_dir
+from anomaly_diff.utils.runs import run_directory
 
 
 class Autoencoder(AnomalyModule):
