@@ -1,33 +1,7 @@
 """The ``anomaly-diff`` command line (also installed as ``lightning``): LightningCLI with this project's wiring.
 
-Usage::
-
-    anomaly-diff fit --config configs/deco_diff/embedded.yaml        # trains, then tests the best checkpoint
-    anomaly-diff test --config configs/deco_diff/mvtec.yaml --ckpt_path runs/.../last.ckpt
-    anomaly-diff predict --config configs/deco_diff/mvtec.yaml --ckpt_path runs/.../last.ckpt --data.path photos/
-    anomaly-diff fit --config configs/deco_diff/mvtec.yaml --model.init_args.lr=3e-4 --trainer.max_epochs=2
-
-What it adds to a plain LightningCLI:
-
-- ``model.init_args.categories`` is filled from the datamodule's categories when the config leaves it out
-  (from the checkpoint's hyper-parameters when ``--ckpt_path`` is given, so a test on a subset of the
-  training categories keeps the model's own class indices).
-- ``fit`` tests the best checkpoint afterwards in the same run directory (``--test_after_fit=false`` turns it off);
-  a fit with ``max_epochs: 0`` (DRDC's combined model) still writes ``last.ckpt`` of the model it tests.
-- A complete, successful ``fit`` moves the link ``<save_dir>/<name>/latest`` to its run directory and says so; later
-  stages load from it (or from an explicit run directory), never from files a later run overwrites
-  (``anomaly_diff.utils.runs``). ``--reuse_latest=true`` skips a fit whose ``latest`` run was made by the same
-  resolved config (``make run`` reuses its stage-1 autoencoder so) and otherwise says what changed.
-- The evaluation callback, the heatmap writer, the test report, the threshold calibration, the prediction writer
-  and the checkpointing are always attached and configured from the top-level config keys ``evaluator``,
-  ``heatmaps``, ``report``, ``calibration``, ``predictions`` and ``checkpoint``.
-- ``predict`` writes ``predictions.csv`` (score and decision per image) and overlays instead of returning the
-  predictions (``--return_predictions=true`` keeps them in memory too); ``--data.path=<folder>`` predicts a
-  folder of images instead of the test split (a flat folder of mixed categories too: the model predicts them).
-- The progress bar is Lightning's ``RichProgressBar`` unless the config names another one.
-- The run directory holds ``environment.json`` (seed, package versions) next to ``config.yaml``, and checkpoints
-  hold the random states, so ``fit --ckpt_path last`` continues exactly where the run stopped.
-- The run directory is printed at the end.
+What it adds to a plain LightningCLI (categories from the data, test after fit, the ``latest`` link, the always-on
+callbacks, predict's outputs, resuming) is described in the README, section "Using it".
 """
 
 import os

@@ -1,35 +1,9 @@
 """The embedded default data set: MVTec-AD-layout anomaly data generated offline from scikit-image's sample images.
 
-Every category starts from one image that scikit-image ships inside its wheel (no download; the loader in
-parentheses). Textures, randomly cropped: ``brick``, ``grass`` and ``gravel`` (CC0 textures, tinted since they are
-grayscale), ``paper`` (``text``: handwriting on paper, public domain, kept gray) and ``tissue``
-(``immunohistochemistry``: stained colon tissue, no known copyright restrictions). Objects, one fixed region:
-``camera`` (``camera``: the camcorder of the CC0 cameraman photograph, kept gray), ``cell`` (``cell``: a CC0
-quantitative phase image of a cell, kept gray), ``coffee`` (the CC0 espresso cup) and ``coins`` (one coin of
-``coins``, tinted; no known copyright restrictions, Brooklyn Museum). Gray categories (like MVTec AD's grid, screw and
-zipper) are stored as RGB with equal channels. Normal images are jittered crops of that image: random crops and flips
-for textures, small shifts and scale changes of one fixed region for objects, plus slight brightness, contrast and
-colour-cast changes for both. Defective test images are normal images with one synthetic defect of the chosen
-``difficulty`` (:data:`DEFECT_TYPES`), each with its exact pixel mask (see :func:`apply_defect`): ``realistic`` (the
-default) has MVTec AD-like defects a human inspector sees at the working resolution (contamination, crack, hole,
-scratch, stain); ``hard`` keeps generator version 1's far harder ones (deformation, patch, scratch, stain: thin or
-faint, often invisible on stochastic textures) and writes the same files as version 1 for version 1's five categories.
-
-Everything is drawn from ``numpy.random.default_rng([seed, crc32(category), split, index])``, so the same
-parameters give byte-identical PNG files, and a category's images do not depend on which other categories are
-generated. The layout is MVTec AD's::
-
-    <root>/manifest.json
-    <root>/<category>/train/good/000.png
-    <root>/<category>/test/good/000.png
-    <root>/<category>/test/<defect_type>/000.png
-    <root>/<category>/ground_truth/<defect_type>/000_mask.png      (0 or 255, same size as the image)
-
-Command line (prints the data set's path)::
-
-    anomaly-diff-data --output DIR [--seed N] [--image-size S] [--num-train N]
-        [--num-test-good N] [--num-test-defective N] [--categories brick coffee ...]
-        [--difficulty {hard,realistic}]
+Each category starts from one image shipped in scikit-image's wheel (``_SOURCES``: loader, licence); defective test
+images carry one synthetic defect (:func:`apply_defect`) and its exact mask. Every draw comes from
+``numpy.random.default_rng([seed, crc32(category), split, index])``, so the same parameters give byte-identical PNGs.
+See the README, section "Data"; the command line is ``anomaly-diff-data --output DIR [--seed N] ...`` (``--help``).
 """
 
 from __future__ import annotations
@@ -167,10 +141,8 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 def normal_image(category: str, rng: np.random.Generator, image_size: int) -> np.ndarray:
     """Draw one defect-free image of a category.
 
-    Textures: a random square crop of 45-65 % of the source's side, random horizontal and vertical flips. Objects:
-    the category's fixed region, shifted by up to 3 % and scaled by up to 4 % of its side. Both: brightness gain
-    ``0.93..1.07``, contrast ``0.92..1.08`` around the image mean, offset ``-0.02..0.02``, and a colour cast (gain
-    ``0.975..1.025`` per channel; one gain, their mean, for a gray category).
+    Textures: a random crop of 45-65 % of the source's side plus flips; objects: the fixed region, shifted by up to 3 %
+    and scaled by up to 4 %. Both: small brightness, contrast and colour-cast jitter.
 
     Args:
         category: One of :data:`EMBEDDED_CATEGORIES`.
@@ -300,9 +272,7 @@ def _hard_patch(image: np.ndarray, donor: np.ndarray, rng: np.random.Generator) 
 def _hard_deformation(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A local elastic warp: a swirl or a push inside a disc; the mask is where pixels moved by at least half a pixel.
 
-    The displacement is ``amplitude * (1 - (r / R)^2)^2`` inside the disc of radius ``R`` (zero outside), either
-    along a fixed direction (push) or as a rotation about the centre by that many pixels of arc (swirl). The output
-    samples the image at ``x - d(x)`` with bilinear interpolation (``scipy.ndimage.map_coordinates``).
+    Displacement ``amplitude * (1 - (r / R)^2)^2`` inside the disc of radius ``R``, sampled bilinearly at ``x - d(x)``.
     """
     size = image.shape[0]
     scale = size / 256.0
@@ -468,22 +438,11 @@ def apply_defect(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add one synthetic defect to an image and return its exact mask.
 
-    Each defect gives an overlay and an opacity that is positive exactly on the defect; masked pixels become the
-    rounded blend ``(1 - opacity) * image + opacity * overlay``, every other pixel is copied unchanged. Lengths scale
-    with the image side. A gray image (equal channels) gets a gray defect (the overlay's channel mean).
-
-    ``realistic`` (MVTec AD-like: defects an inspector sees at half the side, of varied sizes and contrasts):
-    ``contamination`` (a particle of foreign material with ``donor``'s texture in a colour unlike the surface's, or a
-    fibre), ``crack`` (a dark jagged line 3-6 px wide at 256 px, often branched), ``hole`` (a dark hole 12-36 px
-    across with a bright torn rim), ``scratch`` (a smooth bright or dark line 4-7 px wide at 256 px), ``stain`` (oil,
-    rust or residue: a soft blob 30-70 px across the texture shows through); all of strong contrast, calibrated on
-    generator seed 1 so that the pretrained-feature kNN reference (experiments/embedded_baseline.py) scores about
-    95 % mean image AUROC there. The mask is exactly the set of pixels the defect changed.
-
-    ``hard`` (version 1's defects, far harder than MVTec AD's): ``deformation`` (local elastic warp), ``patch``
-    (pasted piece of ``donor``, mostly colour-matched), ``scratch`` (a line 0-3 px wide of random contrast), ``stain``
-    (faint colour blob); from small and faint to large and plain. The mask is the set of pixels the defect touched
-    (rounding can leave a faint one unchanged).
+    Masked pixels become the rounded blend ``(1 - opacity) * image + opacity * overlay``; every other pixel is
+    unchanged. Lengths scale with the image side; a gray image gets a gray defect. ``realistic`` (MVTec AD-like,
+    strong contrast): ``contamination``, ``crack``, ``hole``, ``scratch``, ``stain``. ``hard`` (generator version 1's,
+    thin or faint): ``deformation``, ``patch``, ``scratch``, ``stain``; its mask is the pixels touched (rounding can
+    leave one unchanged).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB defect-free image, ``H == W``.
@@ -491,8 +450,8 @@ def apply_defect(
         rng: Source of randomness.
         donor: ``(H, W, 3)`` uint8 image of another surface; required for ``contamination`` and ``patch`` only.
         difficulty: One of :data:`DIFFICULTIES`.
-        grain: ``realistic`` only: widths and radii are multiplied by it, so that defects on a coarse texture
-            (gravel's stones) are as plain as on a fine one; the category's ``grain`` in the generator.
+        grain: ``realistic`` only: multiplies widths and radii, so defects on a coarse texture are as plain as on a
+            fine one (the category's ``grain``).
 
     Returns:
         ``(defected, mask)``: ``(H, W, 3)`` uint8 and ``(H, W)`` bool, non-empty.
@@ -545,7 +504,7 @@ def _defect_counts(num_test_defective: int, difficulty: str) -> dict[str, int]:
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # zlib level 1 instead of PIL's default 6: the default set takes 6 s instead of 11 s here, 45 MB instead of 44.
+    # zlib level 1 instead of PIL's default 6: much faster, for files hardly larger.
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
@@ -641,10 +600,9 @@ def generate_embedded_dataset(
 ) -> Path:
     """Write the embedded data set in MVTec AD layout under ``root``, or reuse the one already there.
 
-    If ``root`` holds a manifest with the same generator version and parameters, nothing is done. Otherwise the
-    set is written to a temporary sibling directory, which is renamed to ``root`` once complete (the manifest is
-    its last file), so an interrupted run never leaves a complete-looking set. An earlier embedded set at ``root``
-    with other parameters is replaced; anything else at ``root`` is never touched.
+    A manifest with the same generator version and parameters means nothing to do. Otherwise the set is written to a
+    temporary sibling and renamed into place (manifest last), so an interrupted run never leaves a complete-looking set;
+    an earlier embedded set with other parameters is replaced, anything else at ``root`` is never touched.
 
     Args:
         root: Destination directory; missing or empty, or holding an earlier embedded data set.
@@ -655,8 +613,7 @@ def generate_embedded_dataset(
         num_test_defective: Defective test images per category, spread evenly over ``DEFECT_TYPES[difficulty]``
             (a type with no image gets no folder).
         categories: Subset of :data:`EMBEDDED_CATEGORIES`; ``None`` for all of them.
-        difficulty: Defect preset, one of :data:`DIFFICULTIES` (see :func:`apply_defect`): ``realistic``
-            (MVTec AD-like) or ``hard`` (version 1's defects; the same files as version 1 wrote for its categories).
+        difficulty: Defect preset, one of :data:`DIFFICULTIES` (see :func:`apply_defect`).
 
     Returns:
         ``root`` as an absolute path.

@@ -5,11 +5,9 @@ Multi-Class Unsupervised Anomaly Detection" (CVPR 2025), with ``M`` = 1 on clean
 
 - forward: ``x_t = M * x0 + (1 - M) * (sqrt(a_t) * x0 + sqrt(1 - a_t) * e)``
 - target:  ``d = (1 - M) * (e - (1 - sqrt(a_t)) / sqrt(1 - a_t) * x0)``, so ``x_t - sqrt(1 - a_t) * d = x0``
-- step:    ``x0_hat = x_t - sqrt(1 - a_t) * d_hat``; ``x_next = x0_hat + sqrt(1 - a_next) * d_hat``, where ``next`` is
-  the chain's next timestep (the reference's respaced chain: 8, 6, 4, 2, 0 of T = 10)
+- step:    ``x0_hat = x_t - sqrt(1 - a_t) * d_hat``; ``x_next = x0_hat + sqrt(1 - a_next) * d_hat``
 
-The step is not one of diffusers' prediction types (``epsilon``, ``sample``, ``v_prediction``), so it is
-written here from the schedule's ``alphas_cumprod``.
+The step is no diffusers prediction type, so it is written here from the schedule's ``alphas_cumprod``.
 """
 
 from collections.abc import Callable, Sequence
@@ -63,12 +61,9 @@ def correct_deviations(
 ) -> Tensor:
     """Run the deterministic deviation-correction chain over ``timesteps``, starting from ``x`` itself.
 
-    No noise is added: the observed latent is treated as ``x_{timesteps[0]}``. At each timestep ``t`` of the
-    chain, ``x0_hat = x - sqrt(1 - a_t) d_hat`` and the next input is ``x0_hat + sqrt(1 - a_next) d_hat`` with
-    ``a_next`` of the chain's next timestep; the last step returns ``x0_hat``. This is the reference's
-    ``ddim_deviation_sample`` on its respaced process, whose ``t - 1`` is the previous kept timestep (e.g.
-    ``[8, 6, 4, 2, 0]``, see :func:`~anomaly_diff.diffusion.schedule.respaced_timesteps`). The loop runs over
-    timesteps only; each step handles the whole batch.
+    No noise is added: ``x`` is taken as ``x_{timesteps[0]}``; each step applies the module's ``step`` with
+    ``a_next`` of the chain's next timestep, and the last returns ``x0_hat`` (the reference's
+    ``ddim_deviation_sample`` on its respaced process, :func:`~anomaly_diff.diffusion.schedule.respaced_timesteps`).
 
     Args:
         predict: The deviation predictor (the class condition bound in).

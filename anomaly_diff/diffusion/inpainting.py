@@ -1,40 +1,12 @@
 """Inpainting with an epsilon-prediction diffusion model: disjoint mask sets and a short RePaint-style sampler.
 
-DRDC (Zhan et al., "Enhancing Multi-Class Anomaly Detection via Diffusion Refinement with Dual Conditioning")
-poses the refinement as inpainting: every pixel is hidden in exactly one of ``n_s`` mask sets and regenerated
-from the context the other pixels give, so the output cannot copy the input ("identical shortcut"). Only ``n_t``
-selected timesteps are run, starting at timestep ``t_{n_t}``. The paper's code is not public; the choices below
-are this project's (see ``anomaly_diff/models/drdc/README.md``):
-
-- Mask sets tile the image with ``patch_size`` squares. ``"interleaved"`` assigns square ``(i, j)`` to set
-  ``(i * q + j) mod n_s`` with ``q = max(1, round(sqrt(n_s)))``: a checkerboard for ``n_s = 2``, and for
-  ``n_s = 4`` or ``9`` every square's eight neighbours lie in other sets, so each hidden square is surrounded by
-  known context. ``"random"`` is a seeded balanced random assignment.
-- The sampler re-imposes the known region at every step (Lugmayr et al., "RePaint", CVPR 2022, Eq. 8: known
-  pixels are the input diffused to the current step with fresh noise), and moves the hidden region with the
-  deterministic DDIM update (Song et al., "Denoising Diffusion Implicit Models", ICLR 2021, Eq. 12 with
-  ``eta = 0``), which jumps between non-adjacent timesteps. diffusers' ``RePaintScheduler`` always starts at the
-  last training timestep and ``DDIMScheduler.step`` only steps over evenly spaced sets that end at 0, neither of
-  which is a short sweep from ``t_{n_t}``, so the two updates are written here from the schedule's
-  ``alphas_cumprod``.
-- A hidden pixel's own value never reaches its regeneration (the point of inpainting): the hidden region
-  starts at ``t_{n_t}`` from a value made of the known pixels only, and every later state of the hidden region
-  is made from the model's predictions and the known region. Two such starts (``InpaintInit``):
-
-  - ``"context"`` (default): the hidden region is first filled from the surrounding known pixels
-    (:func:`context_fill`) and that fill is diffused to ``t_{n_t}`` with fresh noise, so the hidden and the known
-    region carry the same noise level at every step, whatever ``t_{n_t}`` (the coherence RePaint gets by starting
-    both at pure noise at ``T``, which a short sweep cannot afford).
-  - ``"noise"``: the hidden region starts from standard Gaussian noise, RePaint's start; coherent with the
-    known region only when ``t_{n_t}`` is near ``T``.
-
-  ``"noised_input"`` starts the hidden region from the input diffused to ``t_{n_t}``, as SDEdit (Meng et al.,
-  ICLR 2022) starts an edit: at ``t_{n_t} = 100`` of the linear schedule a hidden pixel keeps
-  ``sqrt(alpha_bar) = 0.946`` of its own value, which flows into the first ``x0_hat`` and on. It is kept as a
-  named option (a noise-and-denoise reconstruction per mask set), and it is not inpainting.
-- Resampling (RePaint, Alg. 1, ``U`` "jumps" of length one): each step ``t -> t'`` is repeated ``resample``
-  times, the result re-noised from ``t'`` back to ``t`` in between, so the regenerated region harmonises with the
-  known one; ``resample = 1`` is no resampling.
+DRDC's refinement (Zhan et al., "Enhancing Multi-Class Anomaly Detection via Diffusion Refinement with Dual
+Conditioning"): every pixel is hidden in exactly one of ``n_s`` mask sets and regenerated from the others' context
+over ``n_t`` timesteps from ``t_{n_t}``. Known region re-imposed at every step: Lugmayr et al., "RePaint", CVPR 2022,
+Eq. 8 (resampling: Alg. 1); hidden region moved by DDIM, Song et al., ICLR 2021, Eq. 12 with ``eta = 0``.
+``InpaintInit``: ``"context"`` (:func:`context_fill` diffused to ``t_{n_t}``) and ``"noise"`` never let a hidden
+pixel's own value reach its regeneration; ``"noised_input"`` (SDEdit, Meng et al., ICLR 2022) does, and is not
+inpainting. Rationale: ``anomaly_diff/models/drdc/README.md``, section "Choices".
 """
 
 import math
@@ -66,15 +38,16 @@ def disjoint_mask_sets(
 ) -> Tensor:
     """Split an image into ``num_sets`` disjoint masks of square patches that together cover every pixel once.
 
-    The image is tiled with ``patch_size`` squares from the top-left corner (the last row and column of squares
-    are cut at the border when the size does not divide the image).
+    The image is tiled with ``patch_size`` squares from the top-left corner (cut at the border when the size does not
+    divide the image). ``"interleaved"`` assigns square ``(i, j)`` to set ``(i * q + j) mod n_s``,
+    ``q = max(1, round(sqrt(n_s)))``, so for ``n_s = 4`` or ``9`` every hidden square is surrounded by known ones.
 
     Args:
         height: Image height H in pixels.
         width: Image width W in pixels.
         num_sets: The number of sets ``n_s``, at least 1 (``InpaintingConfig`` checks it, naming its key).
         patch_size: Side of the squares in pixels, at least 1 (checked there too).
-        layout: ``"interleaved"`` (the lattice of the module docstring) or ``"random"``.
+        layout: ``"interleaved"`` or ``"random"`` (a seeded balanced assignment).
         generator: Random generator of the ``"random"`` layout; ``None`` uses torch's global one.
 
     Returns:
@@ -125,9 +98,7 @@ def context_fill(known: Tensor, mask: Tensor) -> Tensor:
     """Fill the hidden pixels from the known ones, layer by layer from the border of the hidden region inward.
 
     Each pass gives every hidden pixel that touches known (or already filled) pixels the mean of those 3 x 3
-    neighbours, until every pixel is filled: a parameter-free smooth guess of the hidden region made of the known
-    pixels only. OpenCV's ``cv2.inpaint`` does a similar job, but per uint8 image on the CPU, not on a batch of float
-    tensors on the model's device. An image with no known pixel at all is filled with 0, the middle of ``[-1, 1]``.
+    neighbours (batched on the model's device, unlike ``cv2.inpaint``). An image with no known pixel is filled with 0.
 
     Args:
         known: ``(N, C, H, W)`` images.

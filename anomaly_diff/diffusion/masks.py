@@ -1,8 +1,6 @@
 """Random patch masks and patch-shuffled noise on latent grids (DeCo-Diff's training corruption).
 
-Every function draws per sample and works on the whole batch at once; the only Python loop runs over the
-distinct patch sizes of a batch (at most a handful), never over images. Randomness comes from torch's global
-generator, so ``lightning.seed_everything`` / ``torch.manual_seed`` make it reproducible.
+Batched per sample (the only loop is over a batch's distinct patch sizes); randomness from torch's global generator.
 """
 
 from collections.abc import Sequence

@@ -12,9 +12,7 @@ from anomaly_diff.errors import ConfigError
 class NoiseSchedule(nn.Module):
     """Cumulative products ``a_t = prod_{s<=t} (1 - beta_s)`` of a diffusers noise schedule.
 
-    The betas and their products come from :class:`diffusers.DDIMScheduler` (no re-derivation here); this
-    module only keeps ``alphas_cumprod`` as a non-persistent buffer, so it follows the model's device and
-    dtype and is rebuilt from the constructor arguments rather than stored in checkpoints.
+    Taken from :class:`diffusers.DDIMScheduler`; a non-persistent buffer (follows the model's device, not saved).
 
     Args:
         num_train_timesteps: Number of diffusion timesteps T. Defaults to ``10`` (DeCo-Diff).

@@ -1,23 +1,8 @@
 """DRDC's diffusion refinement: a class-conditioned pixel-space UNet that inpaints disjoint mask sets.
 
-The paper (Zhan et al., "Enhancing Multi-Class Anomaly Detection via Diffusion Refinement with Dual
-Conditioning") states the parts, not their code; the choices here are documented in ``README.md`` of this package:
-
-- **Model conditioning**: a diffusers ``UNet2DModel`` at the working resolution whose ``num_class_embeds`` class
-  embedding is added to the timestep embedding. It has one extra "null" class (index ``num_classes``), which the
-  training replaces the label with at random (Ho & Salimans, "Classifier-Free Diffusion Guidance", 2021).
-- **Test-time conditioning**: classifier-free guidance toward the image's category,
-  ``eps = eps(null) + w * (eps(class) - eps(null))`` (Ho & Salimans, Eq. 6 in their ``1 + w`` form), which keeps
-  the reverse process on that category; ``w = 1`` is plain conditioning, ``w = 0`` ignores the class.
-- **Inpainting**: each configuration (a mask ``patch_size``) splits the image into ``n_s`` disjoint mask sets,
-  all inpainted in one batch over ``n_t`` timesteps from ``t_{n_t}``
-  (:func:`~anomaly_diff.diffusion.inpainting.inpaint_disjoint`).
-- **Settings**: everything that shapes the test-time inpainting and its heatmaps is one :class:`InpaintingConfig`;
-  :class:`DRDCModel` puts the base model, this refiner and the fusion (:class:`~.fusion.FusionConfig`) together.
-- **High-frequency correction heatmaps**: from the residual ``r = x - x_hat`` of each timestep and configuration,
-  at each scale ``s`` (``r`` average-pooled by ``s``), :func:`correction_heatmaps` keeps the local energy of
-  the detail that a mean filter of size ``m`` removes, ``mean_m(|r - mean_m(r)|)`` (``"highpass"``), or the
-  smoothed residual itself, ``mean_m(|r|)`` (``"residual"``), upsampled back to the image.
+Zhan et al., "Enhancing Multi-Class Anomaly Detection via Diffusion Refinement with Dual Conditioning"; the
+null-class label dropout and the guidance ``eps(null) + w * (eps(class) - eps(null))`` are Ho & Salimans,
+"Classifier-Free Diffusion Guidance", 2021, Eq. 6. The choices the paper leaves open: ``README.md`` of this package.
 """
 
 from collections.abc import Sequence
@@ -62,9 +47,8 @@ class InpaintingConfig:
         mask_layout: ``"interleaved"`` or ``"random"`` (:func:`~anomaly_diff.diffusion.inpainting.disjoint_mask_sets`).
         mask_seed: Seed of the ``"random"`` layout (the same sets for every batch).
         init: Start of the hidden region: ``"context"`` or ``"noise"`` (inpainting: a hidden pixel never reaches its
-            own regeneration), or ``"noised_input"`` (SDEdit's start, which leaks it; not inpainting)
-            (:mod:`anomaly_diff.diffusion.inpainting`). The default is ``"noised_input"`` because it scored higher
-            on the embedded data's tuning split (``experiments/results/drdc_ablation.md``).
+            own regeneration), or ``"noised_input"`` (SDEdit's start, which leaks it; the default, because it scored
+            higher: ``experiments/results/drdc_ablation.md``) (:mod:`anomaly_diff.diffusion.inpainting`).
         resample: RePaint's repetitions of each step (1 = none).
         guidance_scale: Classifier-free guidance weight ``w`` toward the category (1 = conditional only, 0 =
             unconditional).
