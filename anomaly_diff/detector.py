@@ -69,7 +69,7 @@ class Detector:
             so every pixel is scored.
         keep_aspect: The training resize kept the aspect ratio (the data module's ``keep_aspect``).
         compile: ``torch.compile`` the model's diffusers networks (UNet, autoencoder): faster after a first call
-            that compiles for minutes; off by default (measured on CPU in experiments/results/bench_infer.md).
+            that compiles for minutes; off by default (``experiments/results/bench_infer.md``).
     """
 
     def __init__(self, model: AnomalyModule, image_size: int, crop_size: int, batch_size: int = 8,

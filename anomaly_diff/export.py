@@ -1,32 +1,8 @@
 """``anomaly-diff export``: a trained checkpoint as one graph, image batch and class indices in, map and score out.
 
-Usage::
-
-    anomaly-diff export --ckpt_path runs/deco_diff/embedded/latest/checkpoints/last.ckpt --format onnx
-    anomaly-diff export --ckpt_path <ckpt> --format exported-program --output model.pt2 --batch_size 8
-
-The exported graph takes ``image`` ``(B, 3, H, W)`` float32 in ``[0, 1]``, already preprocessed as the data module
-does it (resized and centre-cropped to the model's crop size), and ``class_index`` ``(B,)`` int64 (the position of
-each image's category in the model's categories), and returns ``anomaly_map`` ``(B, H, W)`` and ``pred_score``
-``(B,)``, the same numbers as the model's ``predict_anomaly`` in eager mode. ``B``, ``H`` and ``W`` are fixed at
-export (``--batch_size``, ``--image_size``; the size defaults to the crop size of the data the checkpoint was trained
-on). Beside the artifact, ``<output>.json`` records the categories in class-index order, the calibrated score
-thresholds, the shapes, and the largest difference from the eager model on a random batch, measured at export.
-
-Models and formats:
-
-- **DeCo-Diff** (:class:`~anomaly_diff.models.deco_diff.DeCoDiff`): the whole deterministic pipeline, encode, the
-  model's fixed chain of timesteps through the UNet, both decodes, the anomaly map and the score.
-- **DRDC's base model** (:class:`~anomaly_diff.models.drdc.DRDCBase`): frozen EfficientNet features, the masked
-  transformer, the blurred error map and its top-k score. The model is class-agnostic: ``class_index`` is accepted,
-  for one interface, and ignored.
-- The full **DRDC** is refused: its refinement inpaints from freshly drawn noise at every step, so no graph
-  reproduces its eager maps (export its base checkpoint instead).
-
-Formats: ``exported-program`` (:func:`torch.export.export`, saved with :func:`torch.export.save`, loaded with
-:func:`torch.export.load`), ``onnx`` (the dynamo exporter from that same exported program; needs the ``export``
-extra: ``pip install anomaly-diff[export]``, which brings onnx, onnxscript and onnxruntime) and ``torchscript``
-(:func:`torch.jit.trace`, loaded with :func:`torch.jit.load`).
+Inputs, outputs, formats and the models it accepts (DeCo-Diff, DRDC's base; not the full DRDC, whose refinement
+samples noise): README, section "Export". Formats: ``exported-program`` (:func:`torch.export.export`), ``onnx``
+(the dynamo exporter from that program; the ``export`` extra) and ``torchscript`` (:func:`torch.jit.trace`).
 """
 
 import argparse

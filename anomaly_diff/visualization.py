@@ -72,9 +72,8 @@ def shared_colour_range(maps: list[np.ndarray]) -> tuple[float, float]:
 def write_png(target: Path, panel: np.ndarray, source: str) -> None:
     """Write an RGB ``panel`` as a PNG file through a temporary file and a rename (parents created), not synced.
 
-    A picture can be drawn again, so it is not forced to disk (``fsync``), which ``predict`` would wait for once
-    per image: 1 to 3 ms per overlay on a VM disk, against 9 to 11 ms to draw and encode it
-    (``experiments/results/overlay_writes.md``). The rename still means a killed run leaves whole pictures or none.
+    A picture can be drawn again, so it is not forced to disk (``fsync``: its cost per overlay is in
+    ``experiments/results/overlay_writes.md``); the rename still means a killed run leaves whole pictures or none.
 
     Args:
         target: The PNG file.

@@ -1,13 +1,11 @@
 """Exact threshold counts of millions of scores, sorted chunk by chunk so memory stays bounded.
 
-Scores are turned into ordered int32 keys (the float32 bit pattern with negative values' magnitude bits flipped):
-equal floats give equal keys and the order is kept, and PyTorch sorts int32 on the CPU several times faster than
-float32 (0.24 s against 1.5 s for 11 M values here). When a set of scores exceeds ``chunk_size``, a histogram of the
-top 20 key bits splits the key range into chunks of at most ``chunk_size`` scores, which are then sorted one after
-the other from the highest down. A single 20-bit bin holding more than ``chunk_size`` scores (for example a
-constant map) has at most 4096 distinct values and is counted with ``bincount`` instead of sorted. A chunk's sort
-takes about 33 bytes per score and its curve arrays (:mod:`.curve`) up to about 50, so peak memory is about
-``80 * chunk_size`` bytes (340 MB at the default ``2**22``), whatever the number of scores.
+Scores become ordered int32 keys (the float32 bit pattern, negative values' magnitude bits flipped: same order, same
+ties), since PyTorch sorts int32 on the CPU several times faster than float32. Above ``chunk_size`` scores, a
+histogram of the top 20 key bits splits the key range into chunks of at most ``chunk_size``, sorted one after the
+other from the highest down; a 20-bit bin holding more (a constant map) has at most 4096 distinct values and is
+counted with ``bincount``. Peak memory is thus proportional to ``chunk_size``, whatever the number of scores
+(``experiments/results/bench_metrics.md``).
 """
 
 from collections.abc import Iterator

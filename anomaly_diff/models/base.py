@@ -36,22 +36,13 @@ def default_optimizer(params) -> torch.optim.Optimizer:
 class AnomalyModule(LightningModule):
     """Base class of the anomaly models.
 
-    A subclass writes two methods: ``compute_losses`` (training objective on a batch of normal
-    images) and ``predict_anomaly`` (maps and scores). Metrics are never computed here: the
-    shared :class:`~anomaly_diff.callbacks.Evaluator` reads what ``test_step`` returns, and what ``validation_step``
-    returns when a callback needs validation predictions (:class:`~anomaly_diff.data.batch.ValidationConsumer`).
-
-    Each category's decision threshold and overlay colour range live in the buffers ``score_thresholds``
-    ``(C,)`` and ``map_ranges`` ``(C, 2)`` (NaN until set), so every checkpoint carries them;
-    :class:`~anomaly_diff.callbacks.NormalCalibration` sets them from the validation normals during ``fit``.
-
-    Images without a category (:data:`~anomaly_diff.data.samples.UNKNOWN_CATEGORY`: a flat folder of mixed
-    categories to predict) are conditioned on a predicted one: ``category_classifier``, a
-    :class:`~anomaly_diff.models.components.category_classifier.CategoryClassifier` (nearest class mean of frozen
-    EfficientNet-Lite0 features), fitted on the training normals at the start of every ``fit``. Its class means
-    ``(C, 320)`` travel in the checkpoint (12 KB for 9 categories); its backbone (12 MB) does not: it is rebuilt from
-    the offline package, and building it leaves the random stream alone. Fitting it takes about 10 s for the 486
-    embedded training images at 128 px on one CPU thread. A
+    A subclass writes ``compute_losses`` (training objective on a batch of normal images) and ``predict_anomaly`` (maps
+    and scores); metrics are computed by the shared :class:`~anomaly_diff.callbacks.Evaluator` from what ``test_step``
+    (and, for callbacks that need it, ``validation_step``) returns. The buffers ``score_thresholds`` ``(C,)`` and
+    ``map_ranges`` ``(C, 2)`` (NaN until :class:`~anomaly_diff.callbacks.NormalCalibration` sets them) travel in every
+    checkpoint. ``category_classifier``
+    (:class:`~anomaly_diff.models.components.category_classifier.CategoryClassifier`) is fitted on the training
+    normals at every ``fit`` start and predicts the category of images without one. A
     subclass conditions on :meth:`batch_categories`, never on ``batch["category"]`` directly, and a subclass that
     overrides ``on_fit_start`` calls ``super().on_fit_start()``.
 

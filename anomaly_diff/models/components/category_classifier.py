@@ -1,15 +1,9 @@
 """Tell an image's category without its label: the nearest class mean of frozen pretrained features.
 
-The models are conditioned on each image's category. A labelled data set gives it; a folder of mixed images to
-score does not, so the category is predicted: globally average-pooled features of the deepest stage of a frozen
-ImageNet CNN (EfficientNet-Lite0 by default, offline), L2-normalised, compared by cosine with the normalised mean
-feature of each category's training normals (the "imprinted weights" classifier of Qi et al., "Low-Shot Learning
-with Imprinted Weights", CVPR 2018, Sec. 3.2, without fine-tuning). Categories of industrial inspection are
-different products or textures, which ImageNet features separate without training (measured in
-``experiments/results/category_prediction.md``).
-
-Only the class means ``(C, D)`` are state: the backbone is rebuilt from its weights source and left out of the
-state dict, so a checkpoint grows by ``C x 320`` floats and not by the backbone's 12 MB.
+Cosine to the mean L2-normalised pooled feature of each category's training normals (the "imprinted weights"
+classifier of Qi et al., "Low-Shot Learning with Imprinted Weights", CVPR 2018, Sec. 3.2, without fine-tuning);
+accuracy in ``experiments/results/category_prediction.md``. Only the class means ``(C, D)`` are state: the backbone
+is rebuilt from its weights source, not saved in checkpoints.
 """
 
 import math
@@ -51,6 +45,7 @@ class CategoryClassifier(nn.Module):
         >>> classifier = CategoryClassifier(2)
         >>> classifier.fit([{"image": torch.rand(4, 3, 64, 64), "category": ["a", "b", "a", "b"]}],
         ...                lambda names: torch.tensor([["a", "b"].index(n) for n in names]))
+        tensor([2, 2])
         >>> classifier(torch.rand(3, 3, 64, 64)).shape
         torch.Size([3])
     """

@@ -1,10 +1,7 @@
 """DeCo-Diff as a plain ``nn.Module``: the class-conditioned deviation UNet, its size presets, and inference.
 
 Beizaee et al., "Correcting Deviations from Normality: A Reformulated Diffusion Model for Multi-Class
-Unsupervised Anomaly Detection" (CVPR 2025). The denoiser predicts the deviation ``d`` of a latent from
-normality (see :mod:`anomaly_diff.diffusion.deviation`); at test time the encoded image is corrected along a
-short chain of timesteps (the reference's 8, 6, 4, 2, 0 of 10) with no added noise, and the anomaly map compares
-the correction with the input in image and latent space.
+Unsupervised Anomaly Detection" (CVPR 2025); the method as implemented: ``anomaly_diff/models/deco_diff/README.md``.
 """
 
 from collections.abc import Sequence
@@ -193,14 +190,12 @@ class DeCoDiffOutput(NamedTuple):
 class DeCoDiffModel(nn.Module):
     """Class-conditioned deviation UNet in the latent space of a frozen autoencoder.
 
-    The class condition is a learned embedding used as a one-token cross-attention context, as in the
-    reference (LDM ``UNetModel`` with ``context_dim``), so the presets reproduce the released architecture.
+    The class condition is a learned one-token cross-attention context, as in the reference (LDM ``UNetModel``).
 
     Args:
         codec: The frozen autoencoder, a module with ``encode(image (B, 3, H, W) in [0, 1]) -> (B, C, h, w)``
             and ``decode(latents, clamp) -> (B, 3, H, W)`` in ``[0, 1]`` (raw, possibly overshooting, unless
-            ``clamp``)
-            (:class:`~anomaly_diff.models.components.autoencoder.LatentCodec`).
+            ``clamp``) (:class:`~anomaly_diff.models.components.autoencoder.LatentCodec`).
         num_classes: Number of categories.
         unet: A preset name (``"tiny"``, ``"XS"`` .. ``"XL"``) or a :class:`UNetPreset`. Defaults to ``"L"``
             (the released weights).
@@ -208,8 +203,7 @@ class DeCoDiffModel(nn.Module):
         num_train_timesteps: Diffusion timesteps T. Defaults to ``10``.
         beta_schedule: diffusers beta schedule. Defaults to ``"squaredcos_cap_v2"``.
         timesteps: The test-time chain, strictly decreasing timesteps in ``[0, T)``. Defaults to the reference's
-            ``(8, 6, 4, 2, 0)`` (``--reverse-steps 5`` of 10, see
-            :func:`~anomaly_diff.diffusion.schedule.respaced_timesteps`).
+            ``(8, 6, 4, 2, 0)`` (:func:`~anomaly_diff.diffusion.schedule.respaced_timesteps`).
         anomaly_map: How maps and scores are computed. Defaults to ``AnomalyMapConfig()`` (the reference's).
 
     Example:

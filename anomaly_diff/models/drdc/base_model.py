@@ -1,24 +1,7 @@
 """DRDC's base model: a transformer that reconstructs frozen CNN features (UniAD line), one model for all classes.
 
-Architecture after UniAD (You et al., "A Unified Model for Multi-class Anomaly Detection", NeurIPS 2022), which
-the DRDC paper names as the line of its base model; the DRDC code is not public, so the choices are this
-project's and listed in ``anomaly_diff/models/drdc/README.md``:
-
-- features of a frozen ImageNet CNN (:class:`~anomaly_diff.models.components.backbone.FeatureExtractor`), the
-  image resized to ``input_size`` first (UniAD: 224) so that the token grid does not depend on the working
-  resolution of the rest of the pipeline;
-- a linear projection to ``hidden_dim`` tokens, 2-D sine-cosine positions (timm's ``build_sincos2d_pos_embed``);
-- an encoder and a decoder whose attention is *neighbourhood-masked* (UniAD Sec. 3.3: a token may not attend to
-  the ``k x k`` tokens around its own position, so it cannot copy itself or its neighbours);
-- a *layer-wise query* decoder (UniAD Sec. 3.3): every decoder layer adds its own learned query embedding to the
-  target sequence, which starts at zero;
-- *feature jitter* while training (UniAD Sec. 3.4): Gaussian noise of standard deviation
-  ``jitter_scale * ||f|| / C`` on each input token, applied to a sample with probability ``jitter_prob``; the
-  target stays clean.
-
-torch's ``nn.TransformerEncoderLayer``/``nn.TransformerDecoderLayer`` (post-norm, as UniAD's DETR-style layers)
-do the attention; UniAD adds the positions to queries and keys inside every layer, these layers take them once
-at the input.
+After UniAD (You et al., "A Unified Model for Multi-class Anomaly Detection", NeurIPS 2022): neighbourhood-masked
+attention and layer-wise queries (Sec. 3.3), feature jitter (Sec. 3.4). The choices: the DRDC ``README.md``.
 """
 
 import torch
