@@ -52,13 +52,9 @@ def has_wandb_login() -> bool:
 class WandbLogger(LightningWandbLogger):
     """Lightning's ``WandbLogger`` with ``offline`` decided from the environment and a run directory of its own.
 
-    Lightning takes the run directory of a first logger that is not a CSV or TensorBoard logger from its
-    ``save_dir`` and puts checkpoints in ``<save_dir>/<name>/<version>/checkpoints``. For Lightning's
-    ``WandbLogger`` that is the shared ``save_dir``, so runs would overwrite each other's ``config.yaml`` and
-    ``metrics.json``. Here ``save_dir`` is the run's own directory, ``<save_dir>/<project>/<run id>`` (created on
-    global rank zero with the W&B run), and ``name`` and ``version`` are empty for Lightning (checkpoints in
-    ``<run dir>/checkpoints``), the layout of a CSV logger's run. W&B itself still writes to
-    ``<save_dir>/wandb/``, and the run's project and id are ``experiment.project`` and ``experiment.id``.
+    Lightning's own would give every run the shared ``save_dir``, so runs would overwrite each other's files; here
+    the run directory is ``<save_dir>/<project>/<run id>`` (created on global rank zero), checkpoints in
+    ``<run dir>/checkpoints``; W&B itself still writes to ``<save_dir>/wandb/``.
 
     Args:
         offline: ``True`` or ``False`` as in Lightning's logger; ``None`` (the default) means offline unless the

@@ -14,22 +14,14 @@ from anomaly_diff.errors import ConfigError
 class NormalCalibration(Callback):
     """Set each category's image-score threshold from the scores of its validation normals.
 
-    Validation holds normal images only (held-out training normals), so no threshold can trade misses against
-    false alarms; the one chosen is the ``quantile`` of a category's validation scores: an image scoring above it
-    is *anomalous*, and about ``1 - quantile`` of normal images are expected above it (with the few validation
-    images of a category, a high quantile is close to their maximum). The overlay colour range of the category
-    (``map_ranges``) is the smallest map value of its validation normals and the same quantile of their per-image
-    map maxima, so red means "beyond what normal images showed"; that upper end is also the pixel threshold of the
-    binary defect masks (a pixel hotter than almost every normal image's hottest pixel). ``score_ranges`` keeps the
-    smallest and largest validation score, which normalised scores use
-    (:func:`anomaly_diff.postprocessing.normalized_score`).
-
-    At the end of every validation epoch of ``fit`` (not the sanity check) the model's ``score_thresholds``,
-    ``map_ranges`` and ``score_ranges`` buffers are overwritten with the values of that epoch's weights, so every
-    checkpoint written after a validation carries the thresholds of its own weights. The scores are those
-    ``validation_step`` returns while the callback needs them (a :class:`~anomaly_diff.data.batch.ValidationConsumer`;
-    the model predicts with the random states saved and restored, so calibrating never changes the training),
-    gathered across DDP processes; duplicates a distributed sampler pads with are dropped by ``index``.
+    Validation holds normal images only, so the threshold is the ``quantile`` of a category's validation scores
+    (README, "Thresholds and predict"). ``map_ranges`` (the overlay colour range and, its upper end, the pixel
+    threshold) is the smallest map value of the validation normals and the same quantile of their per-image map
+    maxima; ``score_ranges`` keeps the smallest and largest validation score
+    (:func:`anomaly_diff.postprocessing.normalized_score`). The buffers are overwritten at the end of every validation
+    epoch of ``fit`` (not the sanity check), so each checkpoint carries the values of its own weights. Scores come
+    from ``validation_step`` (a :class:`~anomaly_diff.data.batch.ValidationConsumer`), gathered across DDP processes,
+    padded duplicates dropped by ``index``.
 
     Args:
         quantile: The quantile of the validation normals' scores used as threshold, in ``(0, 1]``.

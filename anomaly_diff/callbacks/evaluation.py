@@ -18,23 +18,14 @@ class Evaluator(Callback):
     """Compute :class:`~anomaly_diff.metrics.AnomalyMetrics` over the test set (and optionally validation).
 
     In ``test`` it collects ``outputs["anomaly_map"]`` and ``outputs["pred_score"]`` with the batch's ``mask``,
-    ``has_mask`` (all True when the batch lacks it), ``label``, ``category`` and ``index`` (the index drops the samples
-    a distributed sampler repeats). A category with images without ground-truth mask gets image metrics only: its
-    pixel metrics are not available (``null`` in ``metrics.json``, with the reason under ``not_available``; ``n/a`` in
-    ``metrics.md`` and ``metrics_table.csv``; not logged; left out of the mean, see ``categories_in_mean``). At the end
-    of the epoch it logs ``test/<metric>`` (the mean over categories) and ``test/<metric>/<category>`` through
-    ``pl_module.log_dict`` (already synchronised values, so every attached logger gets them), keeps the result
-    dict as :attr:`results`, and on global rank zero writes ``metrics.json`` (the dict, NaN as ``null``),
-    ``metrics_table.csv`` and ``metrics.md`` (per category plus a mean row) into the run directory
-    (:func:`~anomaly_diff.utils.runs.run_directory`) and prints the table. The CSV is not called
-    ``metrics.csv`` because Lightning's ``CSVLogger`` owns that name in the same directory (it rewrites the file with
-    its own header and fails on a foreign one). With W&B loggers it also logs the table (the CSV's rows) as the
-    ``wandb.Table`` ``test/metrics_table`` and, at setup, the CLI's resolved config (``anomaly_diff.loggers``).
-
-    Validation is evaluated only with ``evaluate_validation=True`` (it needs anomalous validation images): the
-    callback is then a :class:`~anomaly_diff.data.batch.ValidationConsumer`, so ``validation_step`` returns the
-    maps and scores, which it collects as in ``test``; it logs ``val/<metric>`` and keeps
-    :attr:`validation_results`, writing no files.
+    ``has_mask``, ``label``, ``category`` and ``index`` (which drops the samples a distributed sampler repeats), logs
+    ``test/<metric>`` and ``test/<metric>/<category>``, keeps :attr:`results`, and on global rank zero writes
+    ``metrics.json``, ``metrics_table.csv`` and ``metrics.md`` into the run directory and prints the table (the
+    README's "Data without masks" says how unavailable pixel metrics show). The CSV is not ``metrics.csv``:
+    Lightning's ``CSVLogger`` owns that name there. With W&B loggers it also logs the table as
+    ``test/metrics_table``. With ``evaluate_validation=True`` it is a
+    :class:`~anomaly_diff.data.batch.ValidationConsumer` and logs ``val/<metric>`` (:attr:`validation_results`), no
+    files.
 
     Args:
         evaluate_validation: Also evaluate validation epochs (not the sanity check). Defaults to False.

@@ -28,30 +28,12 @@ COLUMNS = ("path", "category", "category_source", "score", "threshold", "anomalo
 class PredictionWriter(BasePredictionWriter):
     """Write ``<run dir>/predictions.csv`` and an overlay PNG per image under ``<run dir>/predictions/``.
 
-    The CSV has one row per image, sorted by path: ``path, category, category_source, score, threshold, anomalous,
-    normalized_score, pixel_threshold, overlay, map``. ``category`` is the one the model conditioned the image on
-    (``AnomalyModule.batch_categories``):
-    ``category_source`` says whether the data gave it (``given``, from ``<path>/<category>/`` or the one selected
-    category) or the model predicted it (``predicted``: a flat folder of mixed categories, or
-    ``model.category_source=predicted``); thresholds and overlays use it.
-    ``anomalous`` is ``score > threshold``, where the threshold is ``threshold`` when given, else the category's
-    threshold from the model's ``score_thresholds`` (chosen on the validation normals during ``fit``, see
-    ``anomaly_diff.callbacks.NormalCalibration``); without either the threshold and the decision are empty
-    and a warning names the categories. The overlay (``[image | anomaly map over image]``,
-    ``predictions/<category>/<n>_<image stem>.png``, ``n`` the image's position in the sorted list) colours
-    the map on the category's ``map_ranges`` (red: above the maps of the validation normals), or on the image's
-    own map range when the model has none. Under DDP each process writes its images' overlays and rank zero the
-    CSV; the duplicates a distributed sampler pads with are written once.
-
-    No row is kept in memory while predicting: each goes to an unnamed temporary file in the run directory as its
-    batch ends. When the images came in path order (a folder given with ``--data.path`` is read in path order) the
-    CSV is copied from that file row by row; otherwise, and under DDP (the rows are gathered on rank zero), the rows
-    are read back at the end and sorted there.
-
-    ``normalized_score`` (0.5 at the threshold) and ``pixel_threshold`` (the category's calibrated pixel threshold)
-    are :func:`anomaly_diff.postprocessing.decide`'s, as :class:`anomaly_diff.Detector` gives them. With
-    ``save_maps`` each image's raw map is saved at the image's own size, ``maps/<category>/<n>_<image stem>.npy``
-    (float32, NaN outside the centre crop the model saw; the ``map`` column).
+    The columns and overlays are described in the README ("Thresholds and predict"); the decisions are
+    :func:`anomaly_diff.postprocessing.decide`'s, as :class:`anomaly_diff.Detector` gives them. Overlays are
+    ``predictions/<category>/<n>_<image stem>.png`` (``n``: the image's position in path order), maps
+    ``maps/<category>/<n>_<image stem>.npy``. No row is kept in memory: each batch's rows go to an unnamed temporary
+    file, copied in order when the images came in path order, else (and under DDP, gathered on rank zero) read back
+    and sorted. Under DDP each process writes its images' overlays; padded duplicates are written once.
 
     Args:
         threshold: One image-score threshold for every category, instead of the calibrated ones. Defaults to None.

@@ -18,11 +18,8 @@ Two layouts (names are free; paths are relative to ``root`` unless absolute):
 Without ``abnormal_dir`` every normal image is a training image and there is no test split. With it,
 a seeded ``test_fraction`` of the normal images is moved to the test split (so image-level metrics
 have normal images to compare against), and the anomalous images join them there.
-
-Without ``mask_dir`` the anomalous images have no ground-truth masks: they are accepted (with a warning), their
-categories get image metrics only and pixel metrics are reported as not available. With ``mask_dir`` every
-anomalous image needs its mask, unless ``allow_missing_masks`` (then a category's mask directory, or single masks
-in it, may be missing).
+Without ``mask_dir`` anomalous images have no masks (README, "Data without masks"); with it every one needs its mask,
+unless ``allow_missing_masks``.
 """
 
 from pathlib import Path

@@ -65,17 +65,13 @@ class AnomalyMetrics(Metric):
     A metric a category cannot define (image metrics without both normal and anomalous images, pixel metrics
     without both normal and anomalous pixels) is NaN, reported in one warning and left out of the mean.
 
-    Pixel metrics are **not available** for a category with any image whose ground truth is not known (``has_masks``
-    False: an anomalous image without mask, ``allow_missing_masks`` of the datamodules): its all-zero mask would
-    count the defect's pixels as normal. Its pixel metrics are then NaN (``null`` in ``metrics.json``, ``n/a`` in the
-    tables), its image metrics computed as usual; ``not_available`` in the result says which metrics and why, one
-    warning names the categories, and the pixel means are over the categories that have them
-    (``categories_in_mean``).
+    Pixel metrics are **not available** (NaN, listed under ``not_available``, left out of the pixel means) for a
+    category with any image whose ground truth is not known (``has_masks`` False), whose all-zero mask would count
+    the defect's pixels as normal (README, "Data without masks").
 
-    Memory (exact mode): 5 bytes per pixel of state (float32 map, uint8 mask), and at compute time 8 bytes per
-    pixel of the largest category plus about ``80 * chunk_size`` bytes for sorting a chunk and its curve (see
-    :mod:`anomaly_diff.metrics.exact`). Binned mode: ``16 * num_bins`` bytes per image, see
-    :mod:`anomaly_diff.metrics.binned` for its error. experiments/results/bench_metrics.md has measurements.
+    Memory: exact mode keeps 5 bytes per pixel (float32 map, uint8 mask) and sorts in chunks
+    (:mod:`anomaly_diff.metrics.exact`); binned mode ``16 * num_bins`` bytes per image
+    (:mod:`anomaly_diff.metrics.binned` for its error). Measurements: ``experiments/results/bench_metrics.md``.
 
     Args:
         num_bins: ``None`` for exact pixel metrics; an integer ``>= 2`` for pixel metrics over that many equal

@@ -24,19 +24,13 @@ from anomaly_diff.utils.runs import run_directory
 class Autoencoder(AnomalyModule):
     """The latent autoencoder of latent diffusion, trained on the normal training images.
 
-    Latent diffusion needs a frozen autoencoder. Stable Diffusion's is the reference choice, but where no
-    hub is reachable this module trains one on the data set itself, then exports it with ``save_pretrained`` so
-    that :class:`~anomaly_diff.models.components.autoencoder.LatentCodec` loads it like the pretrained one. Two
-    kinds (``encoder``):
-
-    - ``"kl"``: a diffusers ``AutoencoderKL`` trained from scratch (reconstruction + KL), exported with a fitted
-      ``scaling_factor`` (1 / std of the training latents, the convention of latent diffusion).
-    - ``"pretrained"``: a :class:`~anomaly_diff.models.components.feature_autoencoder.FeatureAutoencoder`, whose
-      encoder is the frozen ImageNet EfficientNet-Lite0; only the decoder (and the optional projection) train,
-      on L1 reconstruction. Its features are standardised before training and its latents after.
-
-    It is also an anomaly model on its own (the classic reconstruction baseline): the anomaly map is the
-    blurred maximum over RGB of ``|x - reconstruction|``, the image score its maximum.
+    Trained where no hub autoencoder is reachable and exported with ``save_pretrained`` so that
+    :class:`~anomaly_diff.models.components.autoencoder.LatentCodec` loads it like the pretrained one
+    (``anomaly_diff/models/deco_diff/README.md``). ``"kl"``: a diffusers ``AutoencoderKL`` from scratch
+    (reconstruction + KL), exported with ``scaling_factor`` = 1 / std of the training latents. ``"pretrained"``: a
+    :class:`~anomaly_diff.models.components.feature_autoencoder.FeatureAutoencoder` (frozen EfficientNet-Lite0
+    encoder; only the decoder trains, on L1). Tested alone it is the reconstruction baseline: map = blurred max over
+    RGB of ``|x - reconstruction|``, score = its maximum.
 
     Args:
         categories: Category names (filled from the data by the CLI); the autoencoder itself is class-agnostic.

@@ -13,12 +13,9 @@ computes per image in numpy, over every pixel, borders included:
   An axis that shrinks is first anti-aliased as skimage does: ``gaussian_filter`` with
   ``sigma = (in / out - 1) / 2`` and ``mode="mirror"`` along it.
 
-Both are separable: each axis is one dense ``(out, in)`` matrix, built in float64 with the border folded in, and
-the maps are multiplied by it (``rows @ maps @ cols.T``), two matmuls per call. That costs ``O(H * W * (H + W))``
-per map; at map sizes of a few hundred pixels that is as fast on the CPU as a loop over the taps, several times
-faster than a convolution, and, being two calls, it stays fast when other processes load the cores. With TF32
-matmuls enabled on a GPU (``torch.backends.cuda.matmul.allow_tf32``, off by default) the results lose precision
-(TF32 keeps 10 mantissa bits).
+Both are separable: each axis is one dense ``(out, in)`` matrix (float64, border folded in), applied as
+``rows @ maps @ cols.T``: two matmuls per call, fast on the CPU at map sizes of a few hundred pixels. TF32 matmuls
+on a GPU (``torch.backends.cuda.matmul.allow_tf32``, off by default) lose precision.
 """
 
 from functools import lru_cache

@@ -30,11 +30,7 @@ from anomaly_diff.utils.provenance import loaded_file
 class DeCoDiff(AnomalyModule):
     """DeCo-Diff (Beizaee et al., CVPR 2025): one latent deviation-correction model for all categories.
 
-    Training (normal images only): encode with the frozen autoencoder; per sample, corrupt a random fraction
-    ``U(0, max_mask_ratio)`` of random-size latent patches by the forward diffusion to a random timestep, with
-    noise that is Gaussian except on a fraction ``U(0, max_shuffle_ratio)`` of patches holding shuffled latents
-    of the batch; regress the deviation target with MSE. Testing: correct the encoded image along a short chain
-    of timesteps (no noise, true class) and compare in image and latent space (:class:`AnomalyMapConfig`).
+    Training and testing as implemented: ``anomaly_diff/models/deco_diff/README.md``, section "Method".
 
     Args:
         categories: Category names (filled from the data by the CLI).
