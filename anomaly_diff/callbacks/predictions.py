@@ -45,9 +45,8 @@ class PredictionWriter(BasePredictionWriter):
         self.threshold = threshold
         self.save_maps = save_maps
         # The rows written so far (``dataloader_idx, index`` and the CSV columns, in the order the images came) in an
-        # unnamed temporary file, gone when closed or when the process ends. They were kept in a dict until the end of
-        # predict: about 0.5 KB per image, most of the ~0.67 KB per image the predict loop kept (tracemalloc over
-        # 800 images of the embedded set; Lightning's batch indices keep ~40 bytes per image) (issue 20, item 5).
+        # unnamed temporary file, gone when closed or when the process ends, so predict's memory does not grow with
+        # the number of images (experiments/results/bench_memory.md).
         self._spool: TextIO | None = None
         self._last_path: str | None = None
         self._in_path_order = True

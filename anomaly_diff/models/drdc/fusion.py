@@ -1,17 +1,9 @@
 """DRDC's spatio-temporal fusion of the base heatmap with the refinement's correction heatmaps.
 
 The paper fuses heatmaps "across timesteps, scales and inpainting configurations" with a weight ``gamma``; its
-formula is not public. This project's choice (reasons and measurements in ``README.md`` of this package and
-``experiments/results/drdc_ablation.md``):
-
-1. :func:`aggregate_refinement`: the correction heatmaps ``(B, K, n_t, S, H, W)`` are averaged over
-   configurations ``K`` and scales ``S`` (spatial), and over timesteps ``n_t`` (temporal: ``"mean"``), or only
-   the last, least noisy timestep is kept (``"last"``).
-2. :func:`fuse`: the base heatmap ``B`` (upsampled) is refined by the aggregated map ``R``, either
-   multiplicatively, ``B * (1 + gamma * R)``, so ``R`` sharpens where the base model already sees an anomaly and
-   is damped where it does not, or additively, ``B + gamma * R``. Both are invariant to a common rescaling of
-   ``B`` up to ``gamma``; ``gamma = 0`` is the base model alone. ``"base"`` and ``"refinement"`` keep one part
-   alone (the ablation rows, and a default when the evidence says one part is better alone).
+formula is not public. Here: :func:`aggregate_refinement` averages ``(B, K, n_t, S, H, W)`` over ``K``, ``S`` and
+``n_t`` (or keeps the last timestep), and :func:`fuse` gives ``B * (1 + gamma * R)`` or ``B + gamma * R``, or one
+part alone. Reasons and measurements: ``README.md`` of this package, ``experiments/results/drdc_ablation.md``.
 """
 
 from dataclasses import dataclass
