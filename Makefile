@@ -47,8 +47,8 @@ bench: bench-metrics bench-infer bench-memory bench-train bench-export ## Run ev
 bench-metrics: $(INSTALLED) ## Time and peak memory of exact and binned metrics at MVTec AD size
 	$(PY) experiments/bench_metrics.py
 
-bench-infer: $(INSTALLED) ## Images/s of DeCo-Diff inference, batch 1 and 16, fp32 and bf16
-	$(PY) experiments/bench_infer.py
+bench-infer: $(INSTALLED) ## Images/s of DeCo-Diff inference: batch 1/16, fp32/bf16/compiled; REFERENCE=<DeCo-Diff checkout> adds the loop vs the reference's
+	$(PY) experiments/bench_infer.py $(if $(REFERENCE),--reference $(REFERENCE))
 
 bench-memory: $(INSTALLED) ## Peak RSS of test (exact and binned metrics) and predict on the embedded set at 1x and 10x
 	$(PY) experiments/bench_memory.py
@@ -56,8 +56,9 @@ bench-memory: $(INSTALLED) ## Peak RSS of test (exact and binned metrics) and pr
 bench-train: $(INSTALLED) ## Images/s and peak RSS of DeCo-Diff training steps: batch 4 and 16, fp32 and bf16, cached latents or not
 	$(PY) experiments/bench_train.py
 
-bench-export: $(INSTALLED) ## Images/s of DeCo-Diff eager vs exported (exported-program, ONNX Runtime, TorchScript), batch 1 and 8
+bench-export: $(INSTALLED) ## Images/s of DeCo-Diff eager vs exported (exported-program, ONNX Runtime, TorchScript): embedded batch 1/8, UNet S 256 px batch 1
 	$(PY) experiments/bench_export.py
+	$(PY) experiments/bench_export.py --setting unet_S_256
 
 # Experiments: experiments/README.md lists each script's results, prerequisites and time. They run single-threaded
 # (OMP_NUM_THREADS=1) on this 2-core machine; the studies take hours. REFERENCE=<DeCo-Diff checkout> for the parity.
