@@ -394,7 +394,7 @@ def write_markdown(result: dict) -> None:
             "convolution weights prepacked); channels-last = model and latents in `torch.channels_last`. Median of "
             f"{loop['repeats']} timed runs per variant, the variants taking turns, after one untimed run each "
             f"(the first call, which gives the compared output; the compiled one's includes compilation); "
-            f"{loop['graphs_compiled_while_timed']} graph(s) compiled during the timed runs.",
+            f"graphs compiled during the timed runs: {loop['graphs_compiled_while_timed']}.",
             "",
             "| loop | s / image, median | speed-up, median | s / image, best | speed-up, best "
             "| speed-up per round (same minutes) | max abs diff to the reference | first call s |",
@@ -417,10 +417,12 @@ def _loop_row(loop: dict, name: str) -> str:
     batch = loop["latents"][0]
     times, reference = loop["seconds"][name], loop["seconds"]["reference"]
     per_round = " / ".join(f"{r / t:.2f}" for r, t in zip(reference, times, strict=True))
+    diff = 0.0 if name == "reference" else loop["max_abs_diff_to_reference"].get(name)
+    diff = "not compared" if diff is None else format(diff, ".1e")
     return (
         f"| {name} | {median(times) / batch:.3f} | {median(reference) / median(times):.2f} "
         f"| {min(times) / batch:.3f} | {min(reference) / min(times):.2f} | {per_round} "
-        f"| {loop['max_abs_diff_to_reference'].get(name, 0.0):.1e} | {loop['first_call_s'][name]:.1f} |"
+        f"| {diff} | {loop['first_call_s'][name]:.1f} |"
     )
 
 
