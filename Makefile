@@ -11,7 +11,7 @@ RUNS_DIR ?= runs
 .PHONY: help install run test test-fast lint data bench bench-metrics bench-infer bench-memory bench-train bench-export sweep clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-25s %s\n", $$1, $$2}'
 
 install: $(INSTALLED) ## Create .venv and install the package (editable, with the dev extra); skipped when unchanged
 
