@@ -19,7 +19,7 @@ from PIL import Image
 from anomaly_diff.data.dataset import build_transform
 from anomaly_diff.data.image_io import load_rgb
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
-from anomaly_diff.errors import MissingFileError
+from anomaly_diff.errors import ConfigError, MissingFileError
 from anomaly_diff.models.base import AnomalyModule
 from anomaly_diff.postprocessing import decide, to_image_resolution
 from anomaly_diff.utils.imports import import_class
@@ -75,7 +75,7 @@ class Detector:
     def __init__(self, model: AnomalyModule, image_size: int, crop_size: int, batch_size: int = 8,
                  region: Literal["crop", "full"] = "crop", keep_aspect: bool = False, compile: bool = False) -> None:
         if region not in ("crop", "full"):
-            raise ValueError(f"region must be 'crop' or 'full', got {region!r}")
+            raise ConfigError(f"region must be 'crop' or 'full', got {region!r}")
         self.model = model.eval()
         self.image_size = crop_size if region == "full" else image_size
         self.crop_size = crop_size
@@ -110,13 +110,13 @@ class Detector:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
         if class_path is None:
-            raise ValueError(f"checkpoint {path} does not name its model class (it was not written by anomaly-diff "
+            raise ConfigError(f"checkpoint {path} does not name its model class (it was not written by anomaly-diff "
                              "fit); load the model yourself and build Detector(model, image_size, crop_size)")
         model_class = import_class(class_path)
         data = checkpoint.get("datamodule_hyper_parameters") or {}
         image_size, crop_size = image_size or data.get("image_size"), crop_size or data.get("crop_size")
         if image_size is None or crop_size is None:
-            raise ValueError(f"checkpoint {path} holds no image_size/crop_size; give them to from_checkpoint")
+            raise ConfigError(f"checkpoint {path} holds no image_size/crop_size; give them to from_checkpoint")
         model = model_class.load_from_checkpoint(path, map_location=device, weights_only=False)
         return cls(model, image_size, crop_size, batch_size, region, data.get("keep_aspect", False), compile)
 
@@ -150,7 +150,7 @@ class Detector:
             return [known[0] if len(known) == 1 else UNKNOWN_CATEGORY] * count
         names = [category] * count if isinstance(category, str) else list(category)
         if len(names) != count:
-            raise ValueError(f"{len(names)} categories for {count} images; give one per image, one for all, or None")
+            raise ConfigError(f"{len(names)} categories for {count} images; give one per image, one for all, or None")
         self.model.class_indices(names)  # a clear UnknownCategoryError for a category the model does not know
         return names
 
@@ -186,13 +186,13 @@ def _to_uint8_rgb(image: ImageInput) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
     if torch.is_tensor(image):
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"an image tensor must be (3, H, W) (or a (B, 3, H, W) batch), got {tuple(image.shape)}")
+            raise ConfigError(f"an image tensor must be (3, H, W) (or a (B, 3, H, W) batch), got {tuple(image.shape)}")
         if image.dtype == torch.uint8:
             return image.permute(1, 2, 0).cpu().numpy()
         return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-            raise ValueError(f"an image array must be (H, W, 3) or (H, W) uint8, got {image.shape} {image.dtype}")
+            raise ConfigError(f"an image array must be (H, W, 3) or (H, W) uint8, got {image.shape} {image.dtype}")
         return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
     raise TypeError(f"cannot read an image from {type(image).__name__}: give a path, a PIL image, an (H, W, 3) uint8 "
                     "array or a (3, H, W) tensor in [0, 1]")

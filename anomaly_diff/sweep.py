@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from anomaly_diff.errors import SweepError
+from anomaly_diff.errors import SweepError, UserError
 from anomaly_diff.loggers import has_wandb_login
-from anomaly_diff.utils.imports import MissingExtraError, require_extra
+from anomaly_diff.utils.imports import require_extra
 
 OFFLINE_MODES = ("offline", "disabled", "dryrun")
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         import wandb
 
         sweep_id = wandb.sweep(config, project=project, entity=entity or None)
-    except (SweepError, MissingExtraError) as error:
+    except UserError as error:  # SweepError, MissingExtraError: one line, like the CLI
         print(f"make sweep: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     agent = shutil.which("wandb", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench_common import machine as bench_machine
+from bench_common import results_header
 from bench_infer import embedded_setting, paper_setting
 
 from anomaly_diff.export import FORMATS, SUFFIXES, DeCoDiffExport, trace
@@ -143,16 +141,10 @@ def main() -> None:
     eager = {r["batch"]: r["images_per_s"] for r in rows if r["runtime"] == "eager"}
     ratios = {f"batch{r['batch']}: {r['runtime']} / eager": r["images_per_s"] / eager[r["batch"]]
               for r in rows if r["runtime"] != "eager" and r["images_per_s"] is not None}
-    machine = {**bench_machine("one process; other jobs may share the cores (see the load average)"),
-               "torch": torch.__version__}
-    try:
-        import onnxruntime
-
-        machine["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    result = {"command": command, "machine": machine, "setting": {"name": args.setting, "input": size,
+    header, header_md = results_header(
+        f"one process, ONNX Runtime with {args.threads} intra-op thread(s); other jobs may share the cores (see the "
+        "load average)", extra_versions=("onnxruntime",))
+    result = {**header, "setting": {"name": args.setting, "input": size,
               "chain": model.timesteps, "unet": unet}, "repeats": {"batch1": args.repeats,
               "larger_batches": args.repeats_batch8}, "rows": rows, "ratios": ratios}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -166,10 +158,8 @@ def main() -> None:
     lines = [
         "# DeCo-Diff inference: eager vs exported",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads (ONNX Runtime: "
-        f"{args.threads} intra-op), torch {machine['torch']}, onnxruntime {machine.get('onnxruntime', '-')}, load "
-        f"average at the end (1/5/15 min) {machine['load_average']}  ",
+        *header_md,
+        "",
         f"Model: {description}, random weights. One image = encode, one UNet pass per timestep, two decodes, the "
         f"anomaly map and score. Median of {args.repeats} timed runs at batch 1 and {args.repeats_batch8} at larger "
         "batches, each after one untimed run; artifacts saved and loaded back first; the batch is fixed at export.",

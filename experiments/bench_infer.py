@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -44,8 +42,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from bench_common import embedded_autoencoder
-from bench_common import machine as bench_machine
+from bench_common import embedded_autoencoder, header_lines, results_header
 from diffusers import AutoencoderKL
 from torch import nn
 
@@ -329,15 +326,10 @@ def main() -> None:
                 rate("embedded", batch, precision), rate("unet_S_256", batch, precision))
     ratios = {k: a / b for k, (a, b) in candidates.items() if a is not None and b is not None}
 
-    machine = {
-        **bench_machine("one process; other jobs may share the cores (see the load average)"),
-        "torch": torch.__version__,
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-    }
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    header, _ = results_header("one process; other jobs may share the cores (see the load average)")
+    header["machine"]["device"] = args.device if args.device == "cpu" else torch.cuda.get_device_name()
     result = {
-        "command": command,
-        "machine": machine,
+        **header,
         "repeats": {"batch1": args.repeats, "batch16": args.repeats_batch16},
         "rows": rows,
         "ratios": ratios,
@@ -350,17 +342,14 @@ def main() -> None:
 
 def write_markdown(result: dict) -> None:
     """bench_infer.md from the recorded results (``--render-only`` redoes it from bench_infer.json)."""
-    command, machine, rows, ratios, loop = (result[k] for k in ("command", "machine", "rows", "ratios",
-                                                                 "correction_loop"))
-    repeats = result["repeats"]
+    rows, ratios, loop, repeats = (result[k] for k in ("rows", "ratios", "correction_loop", "repeats"))
     lines = [
         "# DeCo-Diff inference throughput",
         "",
-        f"Command: `{command}`  ",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
-        f"device {machine['device']}, torch {machine['torch']}, load average at the end (1/5/15 min) "
-        f"{machine['load_average']}  ",
-        f"Median of {repeats['batch1']} timed runs after one warm-up at batch 1, {repeats['batch16']} timed run(s) at "
+        *header_lines(result),
+        "",
+        f"Device: {result['machine'].get('device', 'cpu')}. Median of {repeats['batch1']} timed runs after one "
+        f"warm-up at batch 1, {repeats['batch16']} timed run(s) at "
         "batch 16 (kernels already warm; a compiled variant warms up, i.e. compiles, first); the variants of a cell "
         "take turns; random weights. One image = encode, one UNet pass per timestep of the setting's chain, two "
         "decodes, the anomaly map. bf16 autocast covers the UNet; the autoencoder runs in float32. compiled = "

@@ -20,7 +20,7 @@ class NormalCalibration(Callback):
     maxima; ``score_ranges`` keeps the smallest and largest validation score
     (:func:`anomaly_diff.postprocessing.normalized_score`). The buffers are overwritten at the end of every validation
     epoch of ``fit`` (not the sanity check), so each checkpoint carries the values of its own weights. Scores come
-    from ``validation_step`` (a :class:`~anomaly_diff.data.batch.ValidationConsumer`), gathered across DDP processes,
+    from ``validation_step`` (a :class:`~anomaly_diff.models.base.ValidationConsumer`), gathered across DDP processes,
     padded duplicates dropped by ``index``.
 
     Args:

@@ -24,7 +24,7 @@ class Evaluator(Callback):
     README's "Data without masks" says how unavailable pixel metrics show). The CSV is not ``metrics.csv``:
     Lightning's ``CSVLogger`` owns that name there. With W&B loggers it also logs the table as
     ``test/metrics_table``. With ``evaluate_validation=True`` it is a
-    :class:`~anomaly_diff.data.batch.ValidationConsumer` and logs ``val/<metric>`` (:attr:`validation_results`), no
+    :class:`~anomaly_diff.models.base.ValidationConsumer` and logs ``val/<metric>`` (:attr:`validation_results`), no
     files.
 
     Args:

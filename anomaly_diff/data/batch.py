@@ -4,9 +4,8 @@ Both methods (DeCo-Diff, DRDC) and the shared evaluation callback read these nam
 new dataset format or a new model only has to honour this contract.
 """
 
-from typing import Protocol, TypedDict, runtime_checkable
+from typing import TypedDict
 
-from lightning.pytorch import Trainer
 from torch import Tensor
 
 
@@ -48,15 +47,3 @@ class Prediction(TypedDict, total=False):
 
     anomaly_map: Tensor
     pred_score: Tensor
-
-
-@runtime_checkable
-class ValidationConsumer(Protocol):
-    """A callback that reads the :class:`Prediction` ``validation_step`` returns (in ``on_validation_batch_end``).
-
-    A model predicts the validation batches only while one of the trainer's callbacks needs them, once per batch for
-    all of them.
-    """
-
-    def needs_validation_prediction(self, trainer: Trainer) -> bool:
-        """Whether the current validation batches are to be predicted."""

@@ -2,17 +2,17 @@
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from anomaly_diff.data.batch import Batch, Prediction, ValidationConsumer
+from anomaly_diff.data.batch import Batch, Prediction
 from anomaly_diff.data.samples import UNKNOWN_CATEGORY
 from anomaly_diff.errors import ConfigError, NonFiniteLossError, NotFittedError, UnknownCategoryError
 from anomaly_diff.models.components.category_classifier import CategoryClassifier
@@ -26,6 +26,18 @@ CALIBRATION_BUFFERS = {"score_thresholds": (), "map_ranges": (2,), "score_ranges
 CATEGORY_SOURCES = ("given", "predicted")
 """What a model conditions an image on (``category_source``): its given category (the predicted one only where it
 is :data:`~anomaly_diff.data.samples.UNKNOWN_CATEGORY`), or always the predicted one."""
+
+
+@runtime_checkable
+class ValidationConsumer(Protocol):
+    """A callback that reads the :class:`Prediction` ``validation_step`` returns (in ``on_validation_batch_end``).
+
+    A model predicts the validation batches only while one of the trainer's callbacks needs them, once per batch for
+    all of them.
+    """
+
+    def needs_validation_prediction(self, trainer: Trainer) -> bool:
+        """Whether the current validation batches are to be predicted."""
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -211,7 +223,7 @@ class AnomalyModule(LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> Prediction | None:
         """Log the loss terms on held-out normal images as ``val/<name>``; return maps and scores when needed.
 
-        The batch is predicted once when a callback needs it (:class:`~anomaly_diff.data.batch.ValidationConsumer`:
+        The batch is predicted once when a callback needs it (:class:`ValidationConsumer`:
         validation metrics, threshold calibration), with the random states saved and restored: a sampler's noise
         would otherwise shift the random stream of every later step, so validating never changes the training.
         """
