@@ -30,11 +30,16 @@ run: $(INSTALLED) ## DeCo-Diff on the embedded data: stage-1 autoencoder (reused
 # was made by another config (it says what changed); its own test (the reconstruction-error baseline) is skipped
 # here: `anomaly-diff fit --config configs/autoencoder/embedded.yaml` runs it.
 
-test: $(INSTALLED) ## Run the whole test suite
-	$(PY) -m pytest -q
+# The tests run in TEST_WORKERS processes (pytest-xdist), a test file to a worker (its module fixtures are built once);
+# tests/conftest.py shares the cores among them. Default: one per core, at most 4 (each holds torch and a test's
+# models in memory). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+
+test: $(INSTALLED) ## Run the whole test suite (TEST_WORKERS processes)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(INSTALLED) ## Run the tests not marked slow
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: $(INSTALLED) ## Check the code with ruff
 	$(VENV)/bin/ruff check anomaly_diff tests experiments

@@ -1,16 +1,7 @@
 """``make sweep SWEEP=<file>``: create a W&B sweep from a sweep file (``configs/sweeps/``) and run an agent on it.
 
-Usage::
-
-    python -m anomaly_diff.sweep configs/sweeps/deco_diff.yaml [--count N] [--project P] [--entity E]
-
-Before anything is created it checks that W&B can be used: the ``wandb`` extra must be installed (``pip install
-'anomaly-diff[wandb]'``), ``WANDB_MODE`` must not be ``offline``/``disabled``,
-credentials must be present (``wandb login`` or ``WANDB_API_KEY``) and the server must accept them. Otherwise it
-ends with exit code 1 and one line saying what to do. Then it creates the sweep (``wandb.sweep``; the project is
-``--project``, else the file's ``project:``, else ``anomaly-diff``) and replaces itself by ``wandb agent
-<entity>/<project>/<sweep id>``, which runs the file's ``command`` once per parameter set (``${args}`` becomes
-``--<name>=<value>`` for each parameter) from the current directory.
+It first checks that W&B can be used (the extra, ``WANDB_MODE``, credentials, the server), else ends with exit code 1
+and one line saying what to do; then it replaces itself by ``wandb agent <entity>/<project>/<sweep id>``.
 """
 
 import argparse

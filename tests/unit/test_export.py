@@ -44,7 +44,7 @@ def checkpoints(tmp_path_factory):
     settings = dict(unet="tiny", timesteps=(4, 2, 0), reverse_steps=None,
                     anomaly_map=dict(image_sigma=1.5, latent_sigma=0.5, fusion="arithmetic", score_top_k=5))
     feature = DeCoDiff(CATEGORIES, autoencoder=str(root / "feature_autoencoder"), **settings)
-    kl = DeCoDiff(CATEGORIES, autoencoder=str(save_tiny_autoencoder(root / "kl_autoencoder")), unet="tiny")
+    kl = DeCoDiff(CATEGORIES, autoencoder=str(save_tiny_autoencoder(root / "kl_autoencoder")), **settings)
     base = DRDCBase(CATEGORIES, **DRDC_BASE_TINY)
     return {
         "deco_diff_feature": save(feature, root / "deco_feature.ckpt", DECO_DIFF, crop_size=SIZE),

@@ -76,6 +76,10 @@ def test_folder_without_config_is_rejected(tmp_path):
 
 
 def test_unreachable_hub_id_says_how_to_work_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE at import: set the constant it consults, so that the test never reaches
+    # the network (on a machine with internet it would download the VAE; here it would retry DNS for 23 s)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match=r"stabilityai/sd-vae-ft-ema.*save_pretrained"):
         load_autoencoder("stabilityai/sd-vae-ft-ema")

@@ -1,0 +1,13 @@
+"""Settings of every test process."""
+
+import os
+
+import torch
+
+# pytest-xdist workers (`make test`) share the cores: each worker, and every process it starts, gets an equal share
+# instead of one thread per core each, which would oversubscribe them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    torch.set_num_threads(_THREADS)
