@@ -1,6 +1,6 @@
 """``python -m anomaly_diff`` runs the command line."""
 
-from anomaly_diff.cli import main
+from anomaly_diff.commands import main
 
 if __name__ == "__main__":
     main()

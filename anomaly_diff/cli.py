@@ -17,7 +17,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from anomaly_diff import __version__
 from anomaly_diff.callbacks.calibration import NormalCalibration
 from anomaly_diff.callbacks.evaluation import Evaluator
 from anomaly_diff.callbacks.heatmaps import HeatmapWriter
@@ -25,7 +24,7 @@ from anomaly_diff.callbacks.predictions import PredictionWriter
 from anomaly_diff.callbacks.report import RunReport
 from anomaly_diff.callbacks.reproducibility import RandomStateCheckpoint, RunRecord
 from anomaly_diff.errors import ConfigError, MissingFileError, UnknownConfigError, UserError
-from anomaly_diff.utils.builtin_configs import CONFIG_DIR, builtin_configs, resolve_config_args
+from anomaly_diff.utils.builtin_configs import resolve_config_args
 from anomaly_diff.utils.imports import import_class
 from anomaly_diff.utils.io import check_output_dir
 from anomaly_diff.utils.runs import LATEST, config_changes, point_latest, run_directory
@@ -238,43 +237,18 @@ def _check_checkpoint(config: Namespace) -> None:
         )
 
 
-def configs_command(args: list[str]) -> None:
-    """``anomaly-diff configs``: the built-in configs' names and first comment lines; ``--path``: their folder."""
-    if args == ["--path"]:
-        print(CONFIG_DIR)
-        return
-    if args:
-        print(f"anomaly-diff configs: error: unexpected {' '.join(args)}; usage: anomaly-diff configs [--path]",
-              file=sys.stderr)
-        raise SystemExit(2)
-    configs = builtin_configs()
-    width = max(map(len, configs))
-    print("Built-in configs (--config <name>; to change one, copy it from the folder `anomaly-diff configs --path` "
-          "prints):")
-    for name, description in configs.items():
-        print(f"  {name:<{width}}  {description}")
-
-
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``anomaly-diff`` and ``lightning`` console scripts.
+    """Run the LightningCLI (``fit``, ``validate``, ``test``, ``predict``) on ``args`` (default: ``sys.argv``).
 
-    ``anomaly-diff --version`` prints the version; ``anomaly-diff configs`` lists the built-in configs (``--path``:
-    their folder), which ``--config`` takes by name (``anomaly_diff.utils.builtin_configs``).
-    Bad input (an :class:`~anomaly_diff.errors.UserError`) ends the process with exit code 1 and one line naming the
-    culprit (``ANOMALY_DIFF_TRACEBACK=1`` shows the traceback instead); any other error is a bug and keeps its
-    traceback. Configuration errors (unknown keys, wrong types, a ``--config`` that is neither a file nor a built-in
-    name) end it with exit code 2.
+    The console scripts reach it through :func:`anomaly_diff.commands.main`, which answers ``--version``, ``configs``
+    and ``export`` without importing Lightning. A ``--config`` may name a built-in config
+    (``anomaly_diff.utils.builtin_configs``). Bad input (an :class:`~anomaly_diff.errors.UserError`) ends the process
+    with exit code 1 and one line naming the culprit (``ANOMALY_DIFF_TRACEBACK=1`` shows the traceback instead); any
+    other error is a bug and keeps its traceback. Configuration errors (unknown keys, wrong types, a ``--config`` that
+    is neither a file nor a built-in name) end it with exit code 2.
     """
     argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["export"]:  # not a Trainer method: anomaly_diff.export
-        from anomaly_diff.export import export_main
-        return export_main(list(argv[1:]))
     if isinstance(argv, (list, tuple)):
-        if list(argv[:1]) == ["--version"]:
-            print(f"anomaly-diff {__version__}")
-            return None
-        if list(argv[:1]) == ["configs"]:
-            return configs_command(list(argv[1:]))
         try:
             resolved = resolve_config_args(list(argv))
         except UnknownConfigError as error:

@@ -16,7 +16,7 @@ config, model and data (the test split, which ``predict`` reads without ``--data
 writes an overlay PNG per image and ``predictions.csv``.
 
 Every run is a fresh process (``python experiments/bench_memory.py --child ...``) that calls
-``anomaly_diff.cli.main``, the function behind the ``anomaly-diff`` console script, with the evaluation callback's
+``anomaly_diff.cli.main``, the LightningCLI the ``anomaly-diff`` console script runs, with the evaluation callback's
 hooks wrapped to record memory (nothing else changes): the resident set size (``/proc/self/statm``) at the start of
 the test epoch and after every test batch, the bytes of the metric's states and of all live tensors (found by the
 garbage collector) at the start of the test epoch and just before ``compute``, and the peak RSS (``getrusage``

@@ -1,11 +1,11 @@
-"""Distributed and mixed-precision runs on CPU through the command line, each in its own process.
+"""Distributed and mixed-precision runs on CPU through the command line; the distributed ones in their own processes.
 
 - ``fit`` + ``test`` with 2 gloo processes (``--trainer.strategy=ddp --trainer.devices=2``) gives exactly the test
-  metrics, heatmaps and report of a 1-process ``test`` of the same checkpoint: 3 test images on 2 ranks make the
-  DistributedSampler repeat one, and metrics, heatmaps and report drop the repeat by its sample id. Test batches
-  hold one image, so every map is computed the same way in both runs. The thresholds calibrated on the
-  validation images of both ranks are those of all validation images, and ``predict`` with 2 processes writes the
-  CSV of 1 process.
+  metrics, heatmaps and report of a 1-process ``test`` of the same checkpoint (run in the test's own process): 3 test
+  images on 2 ranks make the DistributedSampler repeat one, and metrics, heatmaps and report drop the repeat by its
+  sample id. Test batches hold one image, so every map is computed the same way in both runs. The thresholds
+  calibrated on the validation images of both ranks are those of all validation images, and ``predict`` with 2
+  processes writes the CSV of 1 process.
 - A ``bf16-mixed`` training step of DeCo-Diff (tiny UNet and autoencoder) on CPU ends with a finite loss.
 """
 
@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 
+from anomaly_diff.cli import main
 from anomaly_diff.data import MVTecAD
 from anomaly_diff.models.autoencoder import Autoencoder
 from anomaly_diff.models.base import CALIBRATION_BUFFERS
@@ -66,7 +67,7 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
     (best,) = (tmp_path / "checkpoints").glob("epoch*.ckpt")  # the checkpoint the fit's test loaded
     assert torch.load(best, map_location="cpu", weights_only=False)["global_step"] == 1
 
-    cli("test", "--config", str(path), "--ckpt_path", str(best), "--trainer.devices=1")
+    main(["test", "--config", str(path), "--ckpt_path", str(best), "--trainer.devices=1"])  # in this process
     single_run = max(run_dirs(tmp_path / "runs" / "tiny"), key=lambda p: p.stat().st_mtime)
     assert single_run != ddp_run
 
@@ -90,13 +91,14 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
     assert len(scores) == 2
     assert model.score_thresholds.item() == pytest.approx(np.quantile(scores, 0.99), rel=1e-5)
 
-    # predict on 2 processes: every image once, the CSV of 1 process.
+    # predict on 2 processes: every image once, the CSV of 1 process (this one).
     outputs = {}
     for devices in (2, 1):
         out = tmp_path / f"predict{devices}"
-        cli("predict", "--config", str(path), "--ckpt_path", str(best), f"--trainer.devices={devices}",
-            *(["--trainer.strategy=ddp"] if devices > 1 else []), f"--data.path={root / 'a' / 'test'}",
-            "--data.categories=[a]", f"--trainer.logger.init_args.save_dir={out}")
+        args = ["predict", "--config", str(path), "--ckpt_path", str(best), f"--trainer.devices={devices}",
+                *(["--trainer.strategy=ddp"] if devices > 1 else []), f"--data.path={root / 'a' / 'test'}",
+                "--data.categories=[a]", f"--trainer.logger.init_args.save_dir={out}"]
+        cli(*args) if devices > 1 else main(args)
         (run,) = run_dirs(out / "tiny")
         outputs[devices] = (run / "predictions.csv").read_text()
     assert outputs[2] == outputs[1] and len(outputs[1].splitlines()) == 1 + 3
@@ -104,7 +106,7 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
 
 def test_bf16_mixed_training_step_of_deco_diff_has_a_finite_loss(tmp_path):
     autoencoder = save_tiny_autoencoder(tmp_path / "autoencoder")
-    cli("fit", "--config", str(REPO / "configs" / "deco_diff" / "embedded.yaml"),
+    main(["fit", "--config", str(REPO / "configs" / "deco_diff" / "embedded.yaml"),
         f"--data.init_args.root={tmp_path / 'embedded'}", "--data.init_args.categories=[brick]",
         "--data.init_args.generated_size=64", "--data.init_args.image_size=64", "--data.init_args.crop_size=64",
         "--data.init_args.num_train=2", "--data.init_args.num_test_good=1", "--data.init_args.num_test_defective=1",
@@ -112,7 +114,7 @@ def test_bf16_mixed_training_step_of_deco_diff_has_a_finite_loss(tmp_path):
         f"--model.init_args.autoencoder={autoencoder}", "--model.init_args.unet=tiny",
         "--trainer.precision=bf16-mixed", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
         "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
-        "--test_after_fit=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}")
+        "--test_after_fit=false", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"])
     (run_dir,) = run_dirs(tmp_path / "runs" / "deco_diff" / "embedded")
     rows = [row for row in csv.DictReader((run_dir / "metrics.csv").open()) if row.get("train/loss")]
     assert len(rows) == 1 and math.isfinite(float(rows[0]["train/loss"]))

@@ -3,7 +3,7 @@ import importlib.metadata
 import pytest
 import yaml
 
-from anomaly_diff.cli import main
+from anomaly_diff.commands import main
 from anomaly_diff.errors import UnknownConfigError
 from anomaly_diff.utils.builtin_configs import (
     CONFIG_DIR,
