@@ -7,7 +7,8 @@ is then run in its own process from a working directory that holds the repositor
 paths of the command resolve as from the repository root) with ``WANDB_MODE=offline`` and ``WANDB_DIR`` in
 ``tmp_path``. Appended after it are only overrides that make the run tiny: the config's data set generated at 64 px
 with one category and one test batch, one training step, and the prerequisites a sweep needs (DeCo-Diff's
-autoencoder: a random tiny one; DRDC's stage checkpoints: both stage configs trained one step with tiny widths).
+autoencoder: a random tiny one; DRDC's stage checkpoints: both stage configs trained one step with tiny widths, in
+the test's own process).
 The offline W&B run must hold the sweep's metric and the resolved config with the sampled values.
 """
 
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
+from anomaly_diff.cli import main
 from tests.helpers.models import save_tiny_autoencoder
 from tests.helpers.wandb_runs import offline_run
 
@@ -96,9 +98,11 @@ def prepare_drdc(config: dict, config_file: str, cwd: Path, env: dict[str, str])
                  "--model.init_args.feedforward_dim=32"],
         "refinement": ["--model.init_args.block_out_channels=[8,16]", "--model.init_args.attention=false"],
     }
-    for stage, overrides in tiny.items():
-        run([sys.executable, "-m", "anomaly_diff", "fit", "--config", str(stage_dir / stage / name), *TINY_DATA,
-             *ONE_STEP, "--trainer.max_epochs=1", *overrides, "--test_after_fit=false"], cwd, env)
+    for stage, overrides in tiny.items():  # in this process: only the agent's command needs its own
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(cwd)
+            main(["fit", "--config", str(stage_dir / stage / name), *TINY_DATA, *ONE_STEP, "--trainer.max_epochs=1",
+                  *overrides, "--test_after_fit=false"])
 
 
 PREPARE = {
