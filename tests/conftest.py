@@ -11,3 +11,13 @@ if _WORKERS > 1:
     _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
     torch.set_num_threads(_THREADS)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Run the files that hold slow tests first (in collection order otherwise).
+
+    ``make test`` hands out whole files to its workers in this order; a long file handed out last would keep one
+    worker busy while the others idle (longest-first scheduling).
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file is kept
