@@ -47,7 +47,7 @@ lint: $(INSTALLED) ## Check the code with ruff
 data: $(INSTALLED) ## Write the embedded data set to DIR (make data DIR=/some/where)
 	$(VENV)/bin/anomaly-diff-data --output $(or $(DIR),.cache/embedded)
 
-bench: bench-metrics bench-infer bench-memory bench-train bench-export ## Run every benchmark and write experiments/results/
+bench: bench-metrics bench-infer bench-memory bench-train bench-export bench-overlay-writes ## Run every benchmark and write experiments/results/
 
 bench-metrics: $(INSTALLED) ## Time and peak memory of exact and binned metrics at MVTec AD size
 	$(PY) experiments/bench_metrics.py
@@ -64,6 +64,9 @@ bench-train: $(INSTALLED) ## Images/s and peak RSS of DeCo-Diff training steps: 
 bench-export: $(INSTALLED) ## Images/s of DeCo-Diff eager vs exported (exported-program, ONNX Runtime, TorchScript): embedded batch 1/8, UNet S 256 px batch 1
 	$(PY) experiments/bench_export.py
 	$(PY) experiments/bench_export.py --setting unet_S_256
+
+bench-overlay-writes: $(INSTALLED) ## Seconds to write predict's overlay PNGs with and without an fsync per file
+	OMP_NUM_THREADS=1 $(PY) experiments/bench_overlay_writes.py --rounds 5
 
 # Experiments: experiments/README.md lists each script's results, prerequisites and time. They run single-threaded
 # (OMP_NUM_THREADS=1) on this 2-core machine; the studies take hours. REFERENCE=<DeCo-Diff checkout> for the parity.

@@ -73,7 +73,7 @@ def write_png(target: Path, panel: np.ndarray, source: str) -> None:
     """Write an RGB ``panel`` as a PNG file through a temporary file and a rename (parents created), not synced.
 
     A picture can be drawn again, so it is not forced to disk (``fsync``: its cost per overlay is in
-    ``experiments/results/overlay_writes.md``); the rename still means a killed run leaves whole pictures or none.
+    ``experiments/results/bench_overlay_writes.md``); the rename still means a killed run leaves whole pictures or none.
 
     Args:
         target: The PNG file.

@@ -7,27 +7,26 @@ written into a fresh folder with an ``fsync`` before each rename (``sync=True``,
 (``sync=False``, the overlays), alternating for ``--rounds`` rounds. The encoding time is recorded for comparison.
 
     OMP_NUM_THREADS=1 python experiments/bench_overlay_writes.py [--images 200] [--size 256] [--rounds 3] [--dir runs]
-Writes experiments/results/overlay_writes.md.
+Writes experiments/results/bench_overlay_writes.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-from bench_common import machine
+from bench_common import results_header
 
-from anomaly_diff.utils.io import atomic_write_bytes
+from anomaly_diff.utils.io import atomic_write_bytes, atomic_write_text
 from anomaly_diff.visualization import overlay_panel
 
-RESULTS = Path(__file__).parent / "results" / "overlay_writes.md"
+RESULTS = Path(__file__).parent / "results"
 
 
 def encoded_overlays(count: int, size: int) -> tuple[list[bytes], float]:
@@ -70,17 +69,20 @@ def main() -> None:
                 folder = Path(scratch) / f"{round_}-{sync}"
                 folder.mkdir()
                 times[sync].append(write_all(folder, pngs, sync))
-    host = machine("")
+    header, header_md = results_header("one process; other jobs may share the cores and disk (see the load average)")
     per_image = {sync: 1000 * statistics.median(values) / args.images for sync, values in times.items()}
+    result = {**header, "images": args.images, "size": args.size, "rounds": args.rounds, "dir": args.dir,
+              "seconds_per_round": {"fsync": times[True], "rename_only": times[False]},
+              "encoding_seconds": encoding,
+              "ms_per_overlay": {"fsync": per_image[True], "rename_only": per_image[False]}}
     lines = [
         "# Overlay PNG writes with and without fsync",
         "",
-        f"    OMP_NUM_THREADS=1 python {' '.join(shlex.quote(a) for a in sys.argv)}",
+        *header_md,
         "",
         f"{args.images} overlays of {args.size} x {args.size} images ({args.size} x {2 * args.size} PNG panels, "
         f"{statistics.mean(map(len, pngs)) / 1024:.0f} KiB on average), written through a temporary file and a "
-        f"rename into a fresh folder under `{args.dir}`; {args.rounds} rounds, alternating. Machine: {host['cpu']}, "
-        f"{host['cores']} cores, {host['platform']}, load average {host['load_average']}.",
+        f"rename into a fresh folder under `{args.dir}`; {args.rounds} rounds, alternating.",
         "",
         "| write | seconds per round (each round) | ms per overlay (median round) |",
         "|---|---|---|",
@@ -95,7 +97,9 @@ def main() -> None:
         "`predictions.csv` keep theirs (`anomaly_diff.utils.io`).",
         "",
     ]
-    RESULTS.write_text("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / "bench_overlay_writes.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(RESULTS / "bench_overlay_writes.md", "\n".join(lines))
     print("\n".join(lines))
 
 

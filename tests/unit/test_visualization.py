@@ -43,7 +43,7 @@ def test_one_colour_range_spans_the_smallest_value_and_the_999th_permille():
 
 
 def test_a_png_is_written_whole_without_forcing_it_to_disk(tmp_path, monkeypatch):
-    # One fsync per overlay made large predict runs wait on the disk (experiments/results/overlay_writes.md).
+    # One fsync per overlay made large predict runs wait on the disk (experiments/results/bench_overlay_writes.md).
     synced = []
     monkeypatch.setattr(os, "fsync", synced.append)
     panel = np.zeros((4, 8, 3), dtype=np.uint8)
