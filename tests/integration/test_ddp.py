@@ -98,7 +98,10 @@ def test_two_gloo_processes_give_the_metrics_of_one(tmp_path):
         args = ["predict", "--config", str(path), "--ckpt_path", str(best), f"--trainer.devices={devices}",
                 *(["--trainer.strategy=ddp"] if devices > 1 else []), f"--data.path={root / 'a' / 'test'}",
                 "--data.categories=[a]", f"--trainer.logger.init_args.save_dir={out}"]
-        cli(*args) if devices > 1 else main(args)
+        if devices > 1:
+            cli(*args)
+        else:
+            main(args)
         (run,) = run_dirs(out / "tiny")
         outputs[devices] = (run / "predictions.csv").read_text()
     assert outputs[2] == outputs[1] and len(outputs[1].splitlines()) == 1 + 3

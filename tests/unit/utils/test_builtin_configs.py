@@ -1,5 +1,3 @@
-import importlib.metadata
-
 import pytest
 import yaml
 
@@ -87,19 +85,3 @@ def test_a_packaged_config_parses_by_name_with_its_relative_includes(outside_a_c
     assert config["data"]["class_path"] == "anomaly_diff.data.Embedded"  # data: ../data/embedded.yaml
     assert config["data"]["init_args"]["root"] == ".cache/embedded"  # run paths stay relative to the working dir
     assert config["model"]["init_args"]["autoencoder"] == "runs/autoencoder/embedded/latest/autoencoder"
-
-
-def test_configs_lists_the_names_and_their_folder(capsys):
-    main(["configs"])
-    out = capsys.readouterr().out
-    assert "  deco_diff/embedded  " in out and "DeCo-Diff on the embedded data" in out
-    main(["configs", "--path"])
-    assert capsys.readouterr().out.strip() == str(CONFIG_DIR)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["configs", "--nope"])
-    assert exit_info.value.code == 2 and "usage: anomaly-diff configs [--path]" in capsys.readouterr().err
-
-
-def test_version_is_the_installed_distributions(capsys):
-    main(["--version"])
-    assert capsys.readouterr().out == f"anomaly-diff {importlib.metadata.version('anomaly-diff')}\n"
